@@ -1,0 +1,28 @@
+"""tfblip: BLIP (vision-language) in TensorFlow / Keras 3, loading PyTorch checkpoints."""
+
+__version__ = "0.1.0"
+
+from tfblip.checkpoint import CheckpointError
+from tfblip.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+from tfblip.modeling.blip import (
+    TFBlipForConditionalGeneration,
+    TFBlipForImageTextRetrieval,
+    TFBlipForQuestionAnswering,
+    TFBlipModel,
+)
+from tfblip.modeling.text import TFBlipTextLMHeadModel, TFBlipTextModel
+from tfblip.modeling.vision import TFBlipVisionModel
+
+__all__ = [
+    "BlipConfig",
+    "BlipTextConfig",
+    "BlipVisionConfig",
+    "CheckpointError",
+    "TFBlipForConditionalGeneration",
+    "TFBlipForImageTextRetrieval",
+    "TFBlipForQuestionAnswering",
+    "TFBlipModel",
+    "TFBlipTextLMHeadModel",
+    "TFBlipTextModel",
+    "TFBlipVisionModel",
+]

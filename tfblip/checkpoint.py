@@ -1,0 +1,364 @@
+"""Reading and writing BLIP checkpoints in Hugging Face's PyTorch format.
+
+The PyTorch key of every Keras variable comes from a walk over layer names: each sublayer is
+named after the PyTorch attribute it mirrors, so `text_decoder.bert.encoder.layer.3.attention
+.self.query.weight` is the kernel of the Dense layer reached through layers of those names.
+Only the leaf parameter names and layouts (Dense kernel = transposed Linear weight, ...)
+are spelled out here.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+SAFETENSORS_WEIGHTS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_WEIGHTS = "pytorch_model.bin"
+PYTORCH_INDEX = "pytorch_model.bin.index.json"
+CONFIG_NAME = "config.json"
+
+# Keras leaf layer -> {variable attribute: (PyTorch parameter name, layout)}.
+_LEAF_PARAMETERS = (
+    (keras.layers.Dense, {"kernel": ("weight", "linear"), "bias": ("bias", "same")}),
+    (keras.layers.Conv2D, {"kernel": ("weight", "conv"), "bias": ("bias", "same")}),
+    (keras.layers.LayerNormalization, {"gamma": ("weight", "same"), "beta": ("bias", "same")}),
+    (keras.layers.Embedding, {"embeddings": ("weight", "same")}),
+)
+
+# Axis permutations between layouts: Linear (out, in) <-> Dense (in, out); Conv2d
+# (O, I, kh, kw) <-> Conv2D (kh, kw, I, O).
+_TO_KERAS_AXES = {"linear": (1, 0), "conv": (2, 3, 1, 0), "same": None}
+_TO_PYTORCH_AXES = {"linear": (1, 0), "conv": (3, 2, 0, 1), "same": None}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model, or cannot be read."""
+
+
+def _child_layers(layer):
+    """Direct sublayers in attribute order (lists of layers included)."""
+    children, seen = [], set()
+    for attribute, value in vars(layer).items():
+        if attribute.startswith("_"):
+            continue
+        candidates = value if isinstance(value, (list, tuple)) else [value]
+        for candidate in candidates:
+            if isinstance(candidate, keras.layers.Layer) and id(candidate) not in seen:
+                seen.add(id(candidate))
+                children.append(candidate)
+    return children
+
+
+def pytorch_named_variables(model):
+    """{PyTorch state-dict key: (Keras variable, layout)} for every weight of `model`."""
+    named = {}
+
+    def walk(layer, prefix):
+        for leaf_type, parameters in _LEAF_PARAMETERS:
+            if isinstance(layer, leaf_type):
+                for attribute, (name, layout) in parameters.items():
+                    variable = getattr(layer, attribute, None)
+                    if variable is not None:
+                        named[prefix + name] = (variable, layout)
+                return
+        children = _child_layers(layer)
+        owned_by_children = {id(v) for child in children for v in child.weights}
+        for variable in layer.weights:
+            if id(variable) not in owned_by_children:
+                named[prefix + variable.name] = (variable, "same")
+        for child in children:
+            walk(child, f"{prefix}{child.name}.")
+
+    walk(model, "")
+    unaccounted = {id(v) for v in model.weights} - {id(v) for v, _ in named.values()}
+    if unaccounted:
+        raise RuntimeError(
+            "Some model variables have no PyTorch name; the layer walk is incomplete."
+        )
+    return named
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _SafetensorsSource:
+    """Tensors of one or more safetensors files, read one at a time (never all at once)."""
+
+    def __init__(self, files):
+        from safetensors import SafetensorError, safe_open
+
+        self._handles, self._file_of = [], {}
+        for path in files:
+            try:
+                handle = safe_open(path, framework="numpy")
+            except (SafetensorError, OSError, ValueError) as error:
+                raise CheckpointError(f"Cannot read safetensors file {path}: {error}") from error
+            self._handles.append(handle)
+            for key in handle.keys():  # noqa: SIM118 (the handle is not iterable)
+                self._file_of[key] = (handle, path)
+
+    def keys(self):
+        return list(self._file_of)
+
+    def shape(self, key):
+        handle, _ = self._file_of[key]
+        return tuple(handle.get_slice(key).get_shape())
+
+    def get(self, key):
+        handle, path = self._file_of[key]
+        try:
+            return handle.get_tensor(key)
+        except Exception as error:  # the library raises several types for corrupt data
+            raise CheckpointError(f"Cannot read tensor {key!r} from {path}: {error}") from error
+
+
+class _TorchSource:
+    """Tensors of PyTorch pickles, memory-mapped so the file is not held twice in memory."""
+
+    def __init__(self, files):
+        try:
+            import torch
+        except ImportError as error:
+            raise ImportError(
+                "Reading pytorch_model.bin needs PyTorch: pip install 'tfblip[torch]', "
+                "or convert the checkpoint to model.safetensors."
+            ) from error
+        self._torch = torch
+        self._tensors = {}
+        for path in files:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as error:  # torch raises many types for corrupt pickles
+                raise CheckpointError(f"Cannot read PyTorch checkpoint {path}: {error}") from error
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path} does not hold a state dict.")
+            self._tensors.update(state)
+
+    def keys(self):
+        return list(self._tensors)
+
+    def shape(self, key):
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key):
+        tensor = self._tensors[key]
+        if tensor.dtype == self._torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.numpy()
+
+
+class _DictSource:
+    """An in-memory state dict of numpy arrays or torch tensors."""
+
+    def __init__(self, state_dict):
+        self._tensors = state_dict
+
+    def keys(self):
+        return list(self._tensors)
+
+    def shape(self, key):
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key):
+        tensor = self._tensors[key]
+        if hasattr(tensor, "detach"):
+            tensor = tensor.detach().float().cpu().numpy()
+        return np.asarray(tensor)
+
+
+def _shard_files(directory, index_name):
+    index_path = os.path.join(directory, index_name)
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"Cannot read shard index {index_path}: {error}") from error
+    root = os.path.realpath(directory)
+    files = []
+    for name in sorted(set(weight_map.values())):
+        path = os.path.realpath(os.path.join(root, name))
+        # An index is data from the checkpoint's author: never follow it out of the directory.
+        if os.path.commonpath([root, path]) != root:
+            raise CheckpointError(f"Shard {name!r} in {index_path} points outside {directory}.")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"Shard {name!r} listed in {index_path} does not exist.")
+        files.append(path)
+    return files
+
+
+def open_checkpoint(path):
+    """A tensor source for a checkpoint directory or a single weights file."""
+    if os.path.isfile(path):
+        if path.endswith(".safetensors"):
+            return _SafetensorsSource([path])
+        return _TorchSource([path])
+    candidates = (
+        (SAFETENSORS_WEIGHTS, lambda p: _SafetensorsSource([p])),
+        (SAFETENSORS_INDEX, lambda p: _SafetensorsSource(_shard_files(path, SAFETENSORS_INDEX))),
+        (PYTORCH_WEIGHTS, lambda p: _TorchSource([p])),
+        (PYTORCH_INDEX, lambda p: _TorchSource(_shard_files(path, PYTORCH_INDEX))),
+    )
+    for name, opener in candidates:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return opener(candidate)
+    raise CheckpointError(
+        f"No weights found in {path}: expected one of {', '.join(name for name, _ in candidates)}."
+    )
+
+
+# Keys that checkpoints may carry but that hold nothing of their own.
+def _is_redundant_key(key, source_keys):
+    if key.endswith("embeddings.position_ids"):
+        return True  # a non-persistent buffer that older checkpoints saved
+    if key.endswith("cls.predictions.decoder.weight"):
+        return True  # tied to the word embeddings (an untied model maps it as a weight)
+    if key.endswith("cls.predictions.decoder.bias"):
+        return key.replace("decoder.bias", "bias") in source_keys
+    return False
+
+
+def _source_key(key, source_keys):
+    """The checkpoint key holding `key`'s tensor (legacy checkpoints store the LM bias twice)."""
+    if key in source_keys:
+        return key
+    if key.endswith("cls.predictions.bias"):
+        legacy = key.replace("predictions.bias", "predictions.decoder.bias")
+        if legacy in source_keys:
+            return legacy
+    return None
+
+
+def _pytorch_shape(variable, layout):
+    axes = _TO_PYTORCH_AXES[layout]
+    shape = tuple(variable.shape)
+    return tuple(shape[a] for a in axes) if axes else shape
+
+
+def _summarize(items, limit=20):
+    items = sorted(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_weights(model, source, checkpoint_name="checkpoint"):
+    """Copies every tensor of `source` into `model`, or raises before changing anything.
+
+    All keys and shapes are checked first, so a checkpoint that does not fit never leaves the
+    model half-loaded.
+    """
+    if isinstance(source, dict):
+        source = _DictSource(source)
+    named = pytorch_named_variables(model)
+    source_keys = set(source.keys())
+    plan, missing, mismatched = [], [], []
+    for key, (variable, layout) in named.items():
+        found = _source_key(key, source_keys)
+        if found is None:
+            missing.append(key)
+            continue
+        checkpoint_shape = tuple(source.shape(found))
+        model_shape = _pytorch_shape(variable, layout)
+        if checkpoint_shape != model_shape:
+            mismatched.append(f"{found}: checkpoint {checkpoint_shape}, model {model_shape}")
+            continue
+        plan.append((found, variable, _TO_KERAS_AXES[layout]))
+    used = {found for found, _, _ in plan}
+    unexpected = [key for key in source_keys - used if not _is_redundant_key(key, source_keys)]
+    if missing or mismatched or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors ({len(missing)}): {_summarize(missing)}")
+        if mismatched:
+            problems.append(f"wrong shapes ({len(mismatched)}): {_summarize(mismatched)}")
+        if unexpected:
+            problems.append(f"unexpected tensors ({len(unexpected)}): {_summarize(unexpected)}")
+        raise CheckpointError(
+            f"{checkpoint_name} does not fit {type(model).__name__}: " + "; ".join(problems)
+        )
+    for found, variable, axes in plan:
+        value = source.get(found)
+        if axes:
+            value = np.transpose(value, axes)
+        variable.assign(np.array(value, dtype=variable.dtype, order="C"))
+
+
+def pytorch_state_dict(model):
+    """{PyTorch key: numpy array} in PyTorch layouts, float32."""
+    state = {}
+    for key, (variable, layout) in pytorch_named_variables(model).items():
+        value = keras.ops.convert_to_numpy(variable)
+        axes = _TO_PYTORCH_AXES[layout]
+        if axes:
+            value = np.transpose(value, axes)
+        state[key] = np.array(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
+    return state
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def resolve_checkpoint_path(name_or_path, **hub_kwargs):
+    """A local directory (or file) for `name_or_path`, downloading a hub repo id if needed."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    looks_like_repo = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if not looks_like_repo:
+        raise FileNotFoundError(f"Checkpoint path {name_or_path!r} does not exist.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:
+        raise ImportError(
+            f"{name_or_path!r} is not a local path, and downloading it from the Hugging Face Hub "
+            "needs huggingface_hub (pip install 'tfblip[hub]'). Or pass a local checkpoint "
+            "directory holding config.json and model.safetensors."
+        ) from error
+    try:
+        return snapshot_download(
+            name_or_path,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "pytorch_model*.bin"],
+            **hub_kwargs,
+        )
+    except Exception as error:  # network, auth and not-found errors differ by version
+        raise OSError(
+            f"Could not download {name_or_path!r} from the Hugging Face Hub ({error}). "
+            "Offline, pass a local checkpoint directory holding config.json and weights."
+        ) from error
+
+
+class PretrainedMixin:
+    """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, config=None, dtype=None, **hub_kwargs):
+        """Builds the model from a checkpoint directory, weights file or hub repo id.
+
+        `dtype` is a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
+        """
+        path = resolve_checkpoint_path(os.fspath(pretrained_model_name_or_path), **hub_kwargs)
+        directory = path if os.path.isdir(path) else os.path.dirname(path)
+        if config is None:
+            config = cls.config_class.from_pretrained(directory)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = cls(config, **kwargs)
+        load_weights(model, open_checkpoint(path), checkpoint_name=path)
+        return model
+
+    def save_pretrained(self, save_directory):
+        """Writes config.json + model.safetensors that transformers' PyTorch BLIP loads."""
+        from safetensors.numpy import save_file
+
+        os.makedirs(save_directory, exist_ok=True)
+        config = self.config.to_dict()
+        # transformers picks the model class from `architectures`: ours minus the "TF".
+        config["architectures"] = [type(self).__name__.removeprefix("TF")]
+        with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+        save_file(
+            pytorch_state_dict(self),
+            os.path.join(save_directory, SAFETENSORS_WEIGHTS),
+            metadata={"format": "pt"},
+        )

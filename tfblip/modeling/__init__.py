@@ -1,0 +1,1 @@
+"""Keras 3 BLIP models: vision tower, text tower, task models."""

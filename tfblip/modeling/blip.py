@@ -1,0 +1,379 @@
+"""BLIP task models: features (TFBlipModel), captioning, VQA and image-text retrieval."""
+
+import keras
+import tensorflow as tf
+
+from tfblip.checkpoint import PretrainedMixin
+from tfblip.configuration import BlipConfig
+from tfblip.modeling.common import ConfigSerializable, dense
+from tfblip.modeling.text import IGNORE_INDEX, TFBlipTextLMHeadModel, TFBlipTextModel
+from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.outputs import (
+    BlipForConditionalGenerationModelOutput,
+    BlipImageTextMatchingModelOutput,
+    BlipOutput,
+    BlipTextVisionModelOutput,
+)
+
+
+def l2_normalize(x):
+    """x / ||x||, computed in float32 (PyTorch's F.normalize clamps the norm at 1e-12)."""
+    x = tf.cast(x, tf.float32)
+    norm = tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x / norm
+
+
+def contrastive_loss(logits):
+    """Cross-entropy of each row against the matching (diagonal) column."""
+    logits = tf.cast(logits, tf.float32)
+    targets = tf.range(tf.shape(logits)[0])
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+    )
+
+
+def image_text_contrastive_loss(logits_per_text):
+    return (
+        contrastive_loss(logits_per_text) + contrastive_loss(tf.transpose(logits_per_text))
+    ) / 2.0
+
+
+def all_ones_mask(states):
+    """Attention mask over every position of (B, T, D) states."""
+    return tf.ones(tf.shape(states)[:2], dtype=tf.int32)
+
+
+class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
+    """Shared constructor plumbing: a BlipConfig and a vision tower named `vision_model`."""
+
+    config_class = BlipConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.vision_model = TFBlipVisionModel(
+            config.vision_config, name="vision_model", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape=None):
+        """Every sublayer builds itself from the config when constructed."""
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipModel(_BlipTaskModel):
+    """CLIP-style image/text feature model with a contrastive head."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        init = config.initializer_range
+        self.text_model = TFBlipTextModel(
+            config.text_config, add_pooling_layer=True, name="text_model", dtype=self.dtype_policy
+        )
+        self.visual_projection = dense(
+            config.projection_dim, "visual_projection", init, self.dtype_policy, use_bias=False
+        )
+        self.text_projection = dense(
+            config.projection_dim, "text_projection", init, self.dtype_policy, use_bias=False
+        )
+        self.build()
+
+    def build(self, input_shape=None):
+        self.visual_projection.build((None, self.config.vision_config.hidden_size))
+        self.text_projection.build((None, self.config.text_config.hidden_size))
+        self.logit_scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(self.config.logit_scale_init_value),
+            name="logit_scale",
+        )
+
+    def get_text_features(self, input_ids=None, attention_mask=None, position_ids=None):
+        """Projected (not normalized) pooled text features, (B, projection_dim)."""
+        text_outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+        return self.text_projection(text_outputs.pooler_output)
+
+    def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False):
+        """Projected (not normalized) pooled image features, (B, projection_dim)."""
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        return self.visual_projection(vision_outputs.pooler_output)
+
+    def call(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        attention_mask=None,
+        position_ids=None,
+        return_loss=False,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        text_outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        image_embeds = l2_normalize(self.visual_projection(vision_outputs.pooler_output))
+        text_embeds = l2_normalize(self.text_projection(text_outputs.pooler_output))
+        logit_scale = tf.exp(tf.cast(self.logit_scale, tf.float32))
+        logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * logit_scale
+        logits_per_image = tf.transpose(logits_per_text)
+        return BlipOutput(
+            loss=image_text_contrastive_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipForConditionalGeneration(_BlipTaskModel):
+    """Image captioning: the text decoder cross-attends to the image states."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.text_decoder = TFBlipTextLMHeadModel(
+            config.text_config, name="text_decoder", dtype=self.dtype_policy
+        )
+        self.build()
+
+    def call(
+        self,
+        pixel_values=None,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        if input_ids is None:
+            raise ValueError(
+                "TFBlipForConditionalGeneration needs input_ids (the caption or prompt tokens); "
+                "use generate() to caption from the image alone."
+            )
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        image_embeds = vision_outputs.last_hidden_state
+        outputs = self.text_decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            labels=labels,
+            reduction="mean",
+            training=training,
+        )
+        return BlipForConditionalGenerationModelOutput(
+            loss=outputs.loss,
+            logits=outputs.logits,
+            image_embeds=image_embeds,
+            last_hidden_state=vision_outputs.last_hidden_state,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipForQuestionAnswering(_BlipTaskModel):
+    """VQA: the question is encoded with image cross-attention, the answer decoded from it."""
+
+    def __init__(self, config, **kwargs):
+        if config.vision_config.hidden_size != config.text_config.hidden_size:
+            raise ValueError(
+                "TFBlipForQuestionAnswering needs equal text and vision hidden sizes (the answer "
+                "decoder cross-attends to question states through weights sized for image "
+                f"states); got text {config.text_config.hidden_size}, vision "
+                f"{config.vision_config.hidden_size}."
+            )
+        super().__init__(config, **kwargs)
+        self.text_encoder = TFBlipTextModel(
+            config.text_config,
+            add_pooling_layer=False,
+            name="text_encoder",
+            dtype=self.dtype_policy,
+        )
+        self.text_decoder = TFBlipTextLMHeadModel(
+            config.text_config, name="text_decoder", dtype=self.dtype_policy
+        )
+        self.build()
+
+    def encode_question(
+        self,
+        input_ids,
+        pixel_values,
+        attention_mask=None,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        """Returns (vision outputs, question states cross-attended to the image)."""
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        image_embeds = vision_outputs.last_hidden_state
+        question = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=all_ones_mask(image_embeds),
+            training=training,
+        )
+        return vision_outputs, question.last_hidden_state
+
+    def call(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        attention_mask=None,
+        labels=None,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        if labels is None and decoder_input_ids is None:
+            raise ValueError(
+                "Pass labels (training) or decoder_input_ids (scoring) to "
+                "TFBlipForQuestionAnswering; use generate() to answer a question."
+            )
+        if input_ids is None:
+            raise ValueError("TFBlipForQuestionAnswering needs input_ids (the question tokens).")
+        vision_outputs, question_embeds = self.encode_question(
+            input_ids,
+            pixel_values,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        if decoder_input_ids is None:
+            # As transformers: answer labels already start with [DEC], so they are the inputs
+            # too. Ignored (-100) positions are fed as padding, which PyTorch cannot embed.
+            labels = tf.convert_to_tensor(labels)
+            decoder_input_ids = tf.where(
+                labels == IGNORE_INDEX,
+                tf.cast(self.config.text_config.pad_token_id, labels.dtype),
+                labels,
+            )
+        question_mask = attention_mask
+        if question_mask is None:
+            question_mask = all_ones_mask(question_embeds)
+        answer_output = self.text_decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=question_embeds,
+            encoder_attention_mask=question_mask,
+            labels=labels,
+            reduction="mean",
+            training=training,
+        )
+        return BlipTextVisionModelOutput(
+            loss=answer_output.loss,
+            image_embeds=vision_outputs.last_hidden_state,
+            last_hidden_state=vision_outputs.last_hidden_state,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            decoder_logits=answer_output.logits,
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipForImageTextRetrieval(_BlipTaskModel):
+    """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B)."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        init = config.initializer_range
+        self.text_encoder = TFBlipTextModel(
+            config.text_config,
+            add_pooling_layer=False,
+            name="text_encoder",
+            dtype=self.dtype_policy,
+        )
+        self.vision_proj = dense(
+            config.image_text_hidden_size, "vision_proj", init, self.dtype_policy
+        )
+        self.text_proj = dense(config.image_text_hidden_size, "text_proj", init, self.dtype_policy)
+        self.itm_head = dense(2, "itm_head", init, self.dtype_policy)
+        self.build()
+
+    def build(self, input_shape=None):
+        self.vision_proj.build((None, self.config.vision_config.hidden_size))
+        self.text_proj.build((None, self.config.text_config.hidden_size))
+        self.itm_head.build((None, self.config.text_config.hidden_size))
+
+    def call(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        use_itm_head=True,
+        attention_mask=None,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        if input_ids is None:
+            raise ValueError("TFBlipForImageTextRetrieval needs input_ids (the text tokens).")
+        vision_outputs = self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        image_embeds = vision_outputs.last_hidden_state
+        if use_itm_head:
+            question_embeds = self.text_encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=all_ones_mask(image_embeds),
+                training=training,
+            ).last_hidden_state
+            score = self.itm_head(question_embeds[:, 0, :])
+        else:
+            question_embeds = self.text_encoder(
+                input_ids=input_ids, attention_mask=attention_mask, training=training
+            ).last_hidden_state
+            image_feat = l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
+            text_feat = l2_normalize(self.text_proj(question_embeds[:, 0, :]))
+            score = tf.matmul(image_feat, text_feat, transpose_b=True)
+        return BlipImageTextMatchingModelOutput(
+            itm_score=score,
+            last_hidden_state=vision_outputs.last_hidden_state,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            question_embeds=question_embeds,
+        )

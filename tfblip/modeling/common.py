@@ -1,0 +1,71 @@
+"""Small building blocks shared by the vision and text towers."""
+
+import keras
+import tensorflow as tf
+
+
+def get_activation(name):
+    """Maps a transformers `hidden_act` name to a function."""
+    activations = {
+        # transformers' "gelu" is the exact erf form, Keras' default is the tanh approximation.
+        "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+        "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: keras.activations.gelu(x, approximate=True),
+        "relu": keras.activations.relu,
+        "tanh": keras.activations.tanh,
+        "silu": keras.activations.silu,
+        "swish": keras.activations.silu,
+    }
+    if name not in activations:
+        raise ValueError(f"Unsupported hidden_act {name!r}; expected one of {sorted(activations)}.")
+    return activations[name]
+
+
+def dense(units, name, initializer_range, dtype, use_bias=True):
+    """A Dense layer named after the PyTorch `nn.Linear` it mirrors."""
+    return keras.layers.Dense(
+        units,
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
+        name=name,
+        dtype=dtype,
+    )
+
+
+def layer_norm(epsilon, name, dtype):
+    # Keras computes LayerNormalization statistics in float32 under mixed precision.
+    return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
+
+
+def masked_softmax(scores, additive_mask=None):
+    """Softmax over the last axis, computed in float32 so bfloat16 scores stay stable."""
+    scores_f32 = tf.cast(scores, tf.float32)
+    if additive_mask is not None:
+        scores_f32 = scores_f32 + additive_mask
+    return tf.cast(tf.nn.softmax(scores_f32, axis=-1), scores.dtype)
+
+
+def to_additive_mask(keep_mask):
+    """1/0 keep mask -> float32 additive mask (0 to keep, dtype minimum to drop), as transformers."""
+    keep_mask = tf.cast(keep_mask, tf.float32)
+    return (1.0 - keep_mask) * tf.float32.min
+
+
+class ConfigSerializable:
+    """Mixin for layers whose only constructor argument is a config object.
+
+    `get_config` stores the config as a plain dict so `.keras` files hold JSON only.
+    """
+
+    config_class = None
+
+    def get_config(self):
+        base = super().get_config()
+        base["config"] = self.config.to_dict()
+        return base
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["config"] = cls.config_class.from_dict(config["config"])
+        return cls(**config)

@@ -1,0 +1,672 @@
+"""BLIP text tower: a post-LayerNorm BERT with optional cross-attention to image states.
+
+The same layers serve as a bidirectional encoder (ITM/VQA question encoder, TFBlipModel) and
+as a causal decoder (captioning, VQA answers). Decoding carries a cache per layer:
+`(self_key, self_value)` plus `(cross_key, cross_value)` when the layer cross-attends. The
+self-attention entries grow by the new tokens each step; the cross-attention entries are
+computed once from the encoder states on the first step and reused afterwards.
+
+Every sublayer's Keras `name` is the attribute name of the PyTorch module it mirrors.
+Where Keras reserves the attribute (`output`), the Python attribute differs but the name
+does not.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfblip.checkpoint import PretrainedMixin
+from tfblip.configuration import BlipTextConfig
+from tfblip.modeling.common import (
+    ConfigSerializable,
+    dense,
+    get_activation,
+    layer_norm,
+    masked_softmax,
+    to_additive_mask,
+)
+from tfblip.outputs import (
+    BaseModelOutputWithPoolingAndCrossAttentions,
+    CausalLMOutputWithCrossAttentions,
+)
+
+IGNORE_INDEX = -100
+
+
+class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
+    """Word + absolute position embeddings (no token types), LayerNorm, dropout."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        init = keras.initializers.TruncatedNormal(stddev=config.initializer_range)
+        self.word_embeddings = keras.layers.Embedding(
+            config.vocab_size,
+            config.hidden_size,
+            embeddings_initializer=init,
+            name="word_embeddings",
+            dtype=self.dtype_policy,
+        )
+        self.position_embeddings = keras.layers.Embedding(
+            config.max_position_embeddings,
+            config.hidden_size,
+            embeddings_initializer=init,
+            name="position_embeddings",
+            dtype=self.dtype_policy,
+        )
+        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.word_embeddings.build()
+        self.position_embeddings.build()
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+
+    def call(
+        self, input_ids=None, inputs_embeds=None, position_ids=None, past_length=0, training=False
+    ):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if position_ids is None:
+            seq_len = tf.shape(inputs_embeds)[1]
+            position_ids = tf.range(past_length, past_length + seq_len)[None, :]
+        embeddings = inputs_embeds + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings), training=training)
+
+
+class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
+    """Scaled dot-product attention over the text itself or, for cross-attention, the image.
+
+    Returns the context, the attention probabilities and this layer's cache entry.
+    """
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, is_cross_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.is_cross_attention = is_cross_attention
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        init = config.initializer_range
+        self.query = dense(config.hidden_size, "query", init, self.dtype_policy)
+        self.key = dense(config.hidden_size, "key", init, self.dtype_policy)
+        self.value = dense(config.hidden_size, "value", init, self.dtype_policy)
+        self.dropout = keras.layers.Dropout(
+            config.attention_probs_dropout_prob, dtype=self.dtype_policy
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
+
+    def build(self, input_shape=None):
+        key_width = (
+            self.config.encoder_hidden_size if self.is_cross_attention else self.config.hidden_size
+        )
+        self.query.build((None, self.config.hidden_size))
+        self.key.build((None, key_width))
+        self.value.build((None, key_width))
+
+    def split_heads(self, states):
+        """(B, T, H*D) -> (B, H, T, D)."""
+        batch_size = tf.shape(states)[0]
+        states = tf.reshape(states, (batch_size, -1, self.num_heads, self.head_dim))
+        return tf.transpose(states, (0, 2, 1, 3))
+
+    def key_value(self, states):
+        """Keys and values of `states`, split into heads: the cacheable part of attention."""
+        return self.split_heads(self.key(states)), self.split_heads(self.value(states))
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        past_key_value=None,
+        training=False,
+    ):
+        query = self.split_heads(self.query(hidden_states))
+        if self.is_cross_attention:
+            if past_key_value is not None:
+                key, value = past_key_value
+            else:
+                key, value = self.key_value(encoder_hidden_states)
+        else:
+            key, value = self.key_value(hidden_states)
+            if past_key_value is not None:
+                key = tf.concat([past_key_value[0], key], axis=2)
+                value = tf.concat([past_key_value[1], value], axis=2)
+        scores = tf.matmul(query, key, transpose_b=True) / tf.cast(
+            tf.sqrt(float(self.head_dim)), query.dtype
+        )
+        probs = masked_softmax(scores, attention_mask)
+        context = tf.matmul(self.dropout(probs, training=training), value)
+        batch_size = tf.shape(context)[0]
+        context = tf.reshape(
+            tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.num_heads * self.head_dim)
+        )
+        return context, probs, (key, value)
+
+
+class BlipTextSelfOutput(ConfigSerializable, keras.layers.Layer):
+    """LayerNorm(dense(x) + residual), closing an attention sublayer."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
+        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.hidden_size))
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+
+    def call(self, hidden_states, residual, training=False):
+        hidden_states = self.dropout(self.dense(hidden_states), training=training)
+        return self.LayerNorm(hidden_states + residual)
+
+
+class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipTextConfig
+
+    def __init__(self, config, is_cross_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.is_cross_attention = is_cross_attention
+        self.self_attention = BlipTextSelfAttention(
+            config, is_cross_attention, name="self", dtype=self.dtype_policy
+        )
+        self.attention_output = BlipTextSelfOutput(config, name="output", dtype=self.dtype_policy)
+
+    def get_config(self):
+        return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
+
+    def build(self, input_shape=None):
+        self.self_attention.build()
+        self.attention_output.build()
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        past_key_value=None,
+        training=False,
+    ):
+        context, probs, present = self.self_attention(
+            hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            past_key_value=past_key_value,
+            training=training,
+        )
+        return self.attention_output(context, hidden_states, training=training), probs, present
+
+
+class BlipTextIntermediate(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.activation = get_activation(config.hidden_act)
+        self.dense = dense(
+            config.intermediate_size, "dense", config.initializer_range, self.dtype_policy
+        )
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.hidden_size))
+
+    def call(self, hidden_states):
+        return self.activation(self.dense(hidden_states))
+
+
+class BlipTextOutput(ConfigSerializable, keras.layers.Layer):
+    """LayerNorm(dense(x) + residual), closing the feed-forward sublayer."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
+        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.intermediate_size))
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+
+    def call(self, hidden_states, residual, training=False):
+        hidden_states = self.dropout(self.dense(hidden_states), training=training)
+        return self.LayerNorm(hidden_states + residual)
+
+
+class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
+    """Self-attention, cross-attention (when given image states), feed-forward."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.attention = BlipTextAttention(config, name="attention", dtype=self.dtype_policy)
+        # As in transformers, the cross-attention weights exist when the config is a decoder's.
+        self.crossattention = (
+            BlipTextAttention(
+                config, is_cross_attention=True, name="crossattention", dtype=self.dtype_policy
+            )
+            if config.is_decoder
+            else None
+        )
+        self.intermediate = BlipTextIntermediate(
+            config, name="intermediate", dtype=self.dtype_policy
+        )
+        self.feed_forward_output = BlipTextOutput(config, name="output", dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.attention.build()
+        if self.crossattention is not None:
+            self.crossattention.build()
+        self.intermediate.build()
+        self.feed_forward_output.build()
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_value=None,
+        training=False,
+    ):
+        self_past = past_key_value[:2] if past_key_value is not None else None
+        cross_past = past_key_value[2:] if past_key_value is not None else ()
+        hidden_states, self_probs, present = self.attention(
+            hidden_states,
+            attention_mask=attention_mask,
+            past_key_value=self_past,
+            training=training,
+        )
+        cross_probs = None
+        if encoder_hidden_states is not None or cross_past:
+            if self.crossattention is None:
+                raise ValueError(
+                    "encoder_hidden_states were given but this text model has no cross-attention "
+                    "(its config has is_decoder=False)."
+                )
+            hidden_states, cross_probs, cross_present = self.crossattention(
+                hidden_states,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                past_key_value=cross_past or None,
+                training=training,
+            )
+            present = present + cross_present
+        layer_output = self.feed_forward_output(
+            self.intermediate(hidden_states), hidden_states, training=training
+        )
+        return layer_output, self_probs, cross_probs, present
+
+
+class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.layer = [
+            BlipTextLayer(config, name=f"layer.{i}", dtype=self.dtype_policy)
+            for i in range(config.num_hidden_layers)
+        ]
+
+    def build(self, input_shape=None):
+        for layer in self.layer:
+            layer.build()
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        output_hidden_states=False,
+        training=False,
+    ):
+        all_hidden_states = [hidden_states]
+        self_attentions, cross_attentions, presents = [], [], []
+        for index, layer in enumerate(self.layer):
+            hidden_states, self_probs, cross_probs, present = layer(
+                hidden_states,
+                attention_mask=attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask,
+                past_key_value=past_key_values[index] if past_key_values is not None else None,
+                training=training,
+            )
+            all_hidden_states.append(hidden_states)
+            self_attentions.append(self_probs)
+            cross_attentions.append(cross_probs)
+            presents.append(present)
+        return {
+            "last_hidden_state": hidden_states,
+            "hidden_states": tuple(all_hidden_states) if output_hidden_states else None,
+            "attentions": tuple(self_attentions),
+            "cross_attentions": tuple(cross_attentions),
+            "past_key_values": tuple(presents),
+        }
+
+
+class BlipTextPooler(ConfigSerializable, keras.layers.Layer):
+    """tanh(dense(first token))."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.hidden_size))
+
+    def call(self, hidden_states):
+        return tf.tanh(self.dense(hidden_states[:, 0]))
+
+
+def self_attention_mask(attention_mask, batch_size, query_length, past_length, is_decoder):
+    """Additive (B, 1, Tq, Tk) mask: padding, plus causality when decoding.
+
+    `attention_mask` covers the cached and the new tokens (B, past_length + query_length).
+    Returns None when nothing is masked.
+    """
+    key_length = past_length + query_length
+    if not is_decoder:
+        if attention_mask is None:
+            return None
+        return to_additive_mask(tf.cast(attention_mask, tf.float32)[:, None, None, :])
+    query_positions = past_length + tf.range(query_length)
+    causal = tf.cast(query_positions[:, None] >= tf.range(key_length)[None, :], tf.float32)
+    keep = tf.broadcast_to(causal[None, None], (batch_size, 1, query_length, key_length))
+    if attention_mask is not None:
+        keep = keep * tf.cast(attention_mask, tf.float32)[:, None, None, :]
+    return to_additive_mask(keep)
+
+
+def check_token_ids(input_ids, name="input_ids"):
+    if input_ids.shape.rank is not None and input_ids.shape.rank != 2:
+        raise ValueError(f"{name} must have shape (batch, sequence), got {input_ids.shape}.")
+    if not input_ids.dtype.is_integer:
+        raise ValueError(f"{name} must be integer token ids, got dtype {input_ids.dtype.name}.")
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
+    """BERT-style text model; causal with `is_decoder=True`, else bidirectional.
+
+    Cross-attends to `encoder_hidden_states` when given. With `use_cache` (decoder only) it
+    returns `past_key_values` to feed back with the next tokens.
+    """
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, add_pooling_layer=True, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.add_pooling_layer = add_pooling_layer
+        self.embeddings = BlipTextEmbeddings(config, name="embeddings", dtype=self.dtype_policy)
+        self.encoder = BlipTextEncoder(config, name="encoder", dtype=self.dtype_policy)
+        self.pooler = (
+            BlipTextPooler(config, name="pooler", dtype=self.dtype_policy)
+            if add_pooling_layer
+            else None
+        )
+        self.build()
+
+    def get_config(self):
+        return {**super().get_config(), "add_pooling_layer": self.add_pooling_layer}
+
+    def build(self, input_shape=None):
+        self.embeddings.build()
+        self.encoder.build()
+        if self.pooler is not None:
+            self.pooler.build()
+
+    def call(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        past_key_values=None,
+        use_cache=None,
+        is_decoder=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        past_length = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
+        if encoder_embeds is not None:
+            embedding_output = encoder_embeds
+        else:
+            if (input_ids is None) == (inputs_embeds is None):
+                raise ValueError("Specify exactly one of input_ids and inputs_embeds.")
+            if input_ids is not None:
+                input_ids = tf.convert_to_tensor(input_ids)
+                check_token_ids(input_ids)
+            embedding_output = self.embeddings(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                past_length=past_length,
+                training=training,
+            )
+        batch_size, query_length = tf.shape(embedding_output)[0], tf.shape(embedding_output)[1]
+        mask = self_attention_mask(
+            attention_mask, batch_size, query_length, past_length, is_decoder
+        )
+        cross_mask = None
+        if encoder_attention_mask is not None:
+            cross_mask = to_additive_mask(
+                tf.cast(encoder_attention_mask, tf.float32)[:, None, None, :]
+            )
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = tf.cast(encoder_hidden_states, self.compute_dtype)
+        encoded = self.encoder(
+            embedding_output,
+            attention_mask=mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=cross_mask,
+            past_key_values=past_key_values,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        sequence_output = encoded["last_hidden_state"]
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        cross = encoded["cross_attentions"]
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=sequence_output,
+            pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
+            past_key_values=encoded["past_key_values"] if (use_cache and is_decoder) else None,
+            hidden_states=encoded["hidden_states"],
+            attentions=encoded["attentions"] if output_attentions else None,
+            cross_attentions=cross if output_attentions and cross[0] is not None else None,
+        )
+
+
+class BlipTextPredictionHeadTransform(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.activation = get_activation(config.hidden_act)
+        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
+        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.config.hidden_size))
+        self.LayerNorm.build((None, None, self.config.hidden_size))
+
+    def call(self, hidden_states):
+        return self.LayerNorm(self.activation(self.dense(hidden_states)))
+
+
+class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
+    """transform -> vocabulary projection (tied to the word embeddings by default) + bias."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.transform = BlipTextPredictionHeadTransform(
+            config, name="transform", dtype=self.dtype_policy
+        )
+        # Untied checkpoints carry their own `decoder.weight`; its bias is always `bias`.
+        self.decoder = (
+            None
+            if config.tie_word_embeddings
+            else dense(
+                config.vocab_size,
+                "decoder",
+                config.initializer_range,
+                self.dtype_policy,
+                use_bias=False,
+            )
+        )
+
+    def build(self, input_shape=None):
+        self.transform.build()
+        if self.decoder is not None:
+            self.decoder.build((None, self.config.hidden_size))
+        self.bias = self.add_weight(
+            shape=(self.config.vocab_size,), initializer="zeros", name="bias"
+        )
+
+    def call(self, hidden_states, word_embeddings):
+        """`word_embeddings` (vocab, hidden) is the tied projection, unused when untied."""
+        hidden_states = self.transform(hidden_states)
+        if self.decoder is not None:
+            logits = self.decoder(hidden_states)
+        else:
+            embeddings = tf.cast(word_embeddings, hidden_states.dtype)
+            logits = tf.matmul(hidden_states, embeddings, transpose_b=True)
+        return logits + tf.cast(self.bias, logits.dtype)
+
+
+class BlipTextOnlyMLMHead(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.predictions = BlipTextLMPredictionHead(
+            config, name="predictions", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape=None):
+        self.predictions.build()
+
+    def call(self, hidden_states, word_embeddings):
+        return self.predictions(hidden_states, word_embeddings)
+
+
+def causal_lm_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
+    """Next-token cross-entropy of `logits[:, :-1]` against `labels[:, 1:]`, as transformers.
+
+    Labels equal to -100 are ignored. With `reduction="mean"` the loss is averaged over the
+    counted tokens; with "none" it is summed per sequence.
+    """
+    logits = tf.cast(logits[:, :-1], tf.float32)
+    labels = tf.cast(labels[:, 1:], tf.int32)
+    counted = tf.cast(tf.not_equal(labels, IGNORE_INDEX), tf.float32)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    safe_labels = tf.where(labels == IGNORE_INDEX, 0, labels)
+    nll = -tf.gather(log_probs, safe_labels, axis=-1, batch_dims=2)
+    per_token = nll
+    if label_smoothing:
+        smooth = -tf.reduce_mean(log_probs, axis=-1)
+        per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    per_token = per_token * counted
+    if reduction == "mean":
+        return tf.math.divide_no_nan(tf.reduce_sum(per_token), tf.reduce_sum(counted))
+    if reduction == "none":
+        return tf.reduce_sum(per_token, axis=1)
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}.")
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
+    """The BLIP text decoder: `bert` (no pooler) + `cls` language-modeling head."""
+
+    config_class = BlipTextConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.bert = TFBlipTextModel(
+            config, add_pooling_layer=False, name="bert", dtype=self.dtype_policy
+        )
+        self.cls = BlipTextOnlyMLMHead(config, name="cls", dtype=self.dtype_policy)
+        self.build()
+
+    def build(self, input_shape=None):
+        self.cls.build()
+
+    def call(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        labels=None,
+        past_key_values=None,
+        use_cache=None,
+        is_decoder=True,
+        reduction="mean",
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        if labels is not None:
+            use_cache = False
+        outputs = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            is_decoder=is_decoder,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+        logits = self.cls(
+            outputs.last_hidden_state, self.bert.embeddings.word_embeddings.embeddings
+        )
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, self.config.label_smoothing, reduction=reduction)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+        )

@@ -1,0 +1,311 @@
+"""BLIP vision tower: a pre-LayerNorm ViT.
+
+Every sublayer's Keras `name` is the attribute name of the PyTorch module it mirrors, so a
+PyTorch weight key maps to a Keras variable by walking layer names (see `tfblip.checkpoint`).
+"""
+
+import keras
+import tensorflow as tf
+
+from tfblip.checkpoint import PretrainedMixin
+from tfblip.configuration import BlipVisionConfig
+from tfblip.modeling.common import (
+    ConfigSerializable,
+    dense,
+    get_activation,
+    layer_norm,
+    masked_softmax,
+)
+from tfblip.outputs import BaseModelOutputWithPooling
+
+# PyTorch's bicubic kernel uses a = -0.75 (tf.image.resize uses -0.5, so it cannot be reused).
+_BICUBIC_A = -0.75
+
+
+def _bicubic_weights(t):
+    """The four cubic-convolution weights for taps at offsets -1, 0, 1, 2 from floor(src)."""
+    a = _BICUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+
+    return [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+
+
+def bicubic_resize_matrix(out_size, in_size):
+    """(out_size, in_size) matrix M with `M @ x` = torch bicubic resize of x, align_corners=False.
+
+    `out_size` may be a tensor (dynamic image sizes); `in_size` is a Python int.
+    """
+    out_size_f = tf.cast(out_size, tf.float32)
+    scale = tf.cast(in_size, tf.float32) / out_size_f
+    src = (tf.range(out_size_f) + 0.5) * scale - 0.5
+    floor = tf.floor(src)
+    t = src - floor
+    floor = tf.cast(floor, tf.int32)
+    matrix = 0.0
+    for offset, weight in zip(range(-1, 3), _bicubic_weights(t)):
+        # Taps outside the grid repeat the border value, as PyTorch does.
+        index = tf.clip_by_value(floor + offset, 0, in_size - 1)
+        matrix += tf.one_hot(index, in_size, dtype=tf.float32) * weight[:, None]
+    return matrix
+
+
+class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
+    """Conv patch embedding, a prepended class token and learned position embeddings."""
+
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.patch_size = config.patch_size
+        self.grid_size = config.image_size // config.patch_size
+        self.num_positions = self.grid_size**2 + 1
+        self.patch_embedding = keras.layers.Conv2D(
+            self.embed_dim,
+            kernel_size=self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            data_format="channels_last",
+            name="patch_embedding",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape=None):
+        init = keras.initializers.TruncatedNormal(stddev=self.config.initializer_range)
+        self.class_embedding = self.add_weight(
+            shape=(1, 1, self.embed_dim), initializer=init, name="class_embedding"
+        )
+        self.position_embedding = self.add_weight(
+            shape=(1, self.num_positions, self.embed_dim),
+            initializer=init,
+            name="position_embedding",
+        )
+        self.patch_embedding.build((None, None, None, self.config.num_channels))
+
+    def interpolated_position_embedding(self, grid_height, grid_width):
+        """Position embeddings resized to a (grid_height, grid_width) patch grid."""
+        class_position = self.position_embedding[:, :1]
+        grid = tf.reshape(
+            tf.cast(self.position_embedding[0, 1:], tf.float32),
+            (self.grid_size, self.grid_size, self.embed_dim),
+        )
+        rows = bicubic_resize_matrix(grid_height, self.grid_size)
+        cols = bicubic_resize_matrix(grid_width, self.grid_size)
+        resized = tf.einsum("hi,wj,ijd->hwd", rows, cols, grid)
+        resized = tf.reshape(resized, (1, -1, self.embed_dim))
+        return tf.concat([class_position, tf.cast(resized, class_position.dtype)], axis=1)
+
+    def call(self, pixel_values, interpolate_pos_encoding=False):
+        # Conv2D on CPU needs channels-last; the public input is channels-first like PyTorch.
+        patches = self.patch_embedding(tf.transpose(pixel_values, (0, 2, 3, 1)))
+        shape = tf.shape(patches)
+        batch_size, grid_height, grid_width = shape[0], shape[1], shape[2]
+        patches = tf.reshape(patches, (batch_size, -1, self.embed_dim))
+        class_tokens = tf.broadcast_to(
+            tf.cast(self.class_embedding, patches.dtype), (batch_size, 1, self.embed_dim)
+        )
+        embeddings = tf.concat([class_tokens, patches], axis=1)
+        if interpolate_pos_encoding:
+            positions = self.interpolated_position_embedding(grid_height, grid_width)
+        else:
+            # As PyTorch: a smaller image uses the leading positions.
+            positions = self.position_embedding[:, : tf.shape(embeddings)[1]]
+        return embeddings + tf.cast(positions, embeddings.dtype)
+
+
+class BlipAttention(ConfigSerializable, keras.layers.Layer):
+    """Multi-head self-attention with one fused qkv projection, no mask."""
+
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scale = self.head_dim**-0.5
+        init = config.initializer_range
+        self.qkv = dense(3 * self.embed_dim, "qkv", init, self.dtype_policy)
+        self.projection = dense(self.embed_dim, "projection", init, self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.attention_dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.qkv.build((None, self.embed_dim))
+        self.projection.build((None, self.embed_dim))
+
+    def call(self, hidden_states, training=False):
+        batch_size, seq_len = tf.shape(hidden_states)[0], tf.shape(hidden_states)[1]
+        qkv = tf.reshape(
+            self.qkv(hidden_states), (batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        )
+        query, key, value = tf.unstack(tf.transpose(qkv, (2, 0, 3, 1, 4)), num=3)
+        scores = tf.matmul(query, key, transpose_b=True) * tf.cast(self.scale, query.dtype)
+        probs = masked_softmax(scores)
+        context = tf.matmul(self.dropout(probs, training=training), value)
+        context = tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch_size, seq_len, -1))
+        return self.projection(context), probs
+
+
+class BlipMLP(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        init = config.initializer_range
+        self.activation = get_activation(config.hidden_act)
+        self.fc1 = dense(config.intermediate_size, "fc1", init, self.dtype_policy)
+        self.fc2 = dense(config.hidden_size, "fc2", init, self.dtype_policy)
+
+    def build(self, input_shape=None):
+        self.fc1.build((None, self.config.hidden_size))
+        self.fc2.build((None, self.config.intermediate_size))
+
+    def call(self, hidden_states):
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
+    """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h))."""
+
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        eps = config.layer_norm_eps
+        self.self_attn = BlipAttention(config, name="self_attn", dtype=self.dtype_policy)
+        self.layer_norm1 = layer_norm(eps, "layer_norm1", self.dtype_policy)
+        self.mlp = BlipMLP(config, name="mlp", dtype=self.dtype_policy)
+        self.layer_norm2 = layer_norm(eps, "layer_norm2", self.dtype_policy)
+
+    def build(self, input_shape=None):
+        shape = (None, None, self.config.hidden_size)
+        for sublayer in (self.self_attn, self.layer_norm1, self.mlp, self.layer_norm2):
+            sublayer.build(shape)
+
+    def call(self, hidden_states, training=False):
+        attended, probs = self.self_attn(self.layer_norm1(hidden_states), training=training)
+        hidden_states = hidden_states + attended
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, probs
+
+
+class BlipEncoder(ConfigSerializable, keras.layers.Layer):
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.layers = [
+            BlipEncoderLayer(config, name=f"layers.{i}", dtype=self.dtype_policy)
+            for i in range(config.num_hidden_layers)
+        ]
+
+    def build(self, input_shape=None):
+        for layer in self.layers:
+            layer.build(input_shape)
+
+    def call(
+        self, hidden_states, output_hidden_states=False, output_attentions=False, training=False
+    ):
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.layers:
+            hidden_states, probs = layer(hidden_states, training=training)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(probs)
+        return hidden_states, all_hidden_states, all_attentions
+
+
+def check_pixel_values(pixel_values, num_channels):
+    """Rejects pixel_values that are not (B, num_channels, H, W) with a message naming the problem."""
+    shape = pixel_values.shape
+    if shape.rank is not None and shape.rank != 4:
+        raise ValueError(
+            f"pixel_values must have rank 4 (batch, channels, height, width), got shape {shape}."
+        )
+    if shape.rank == 4 and shape[1] is not None and shape[1] != num_channels:
+        hint = (
+            " (channels-last input? transpose to (B, C, H, W))" if shape[3] == num_channels else ""
+        )
+        raise ValueError(
+            f"pixel_values must be channels-first with {num_channels} channels, got shape "
+            f"{shape}{hint}."
+        )
+
+
+def check_image_size(pixel_values, config, interpolate_pos_encoding):
+    """Images larger than the position grid need interpolated position embeddings."""
+    height, width = pixel_values.shape[2], pixel_values.shape[3]
+    if interpolate_pos_encoding or height is None or width is None:
+        return
+    patches = (height // config.patch_size) * (width // config.patch_size)
+    if patches > (config.image_size // config.patch_size) ** 2:
+        raise ValueError(
+            f"pixel_values of size {height}x{width} has more patches than the model's "
+            f"{config.image_size}x{config.image_size} position embeddings; pass "
+            "interpolate_pos_encoding=True."
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfblip")
+class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
+    """The BLIP ViT. Outputs `last_hidden_state` (B, 1+N, D) and `pooler_output` (B, D)."""
+
+    config_class = BlipVisionConfig
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.embeddings = BlipVisionEmbeddings(config, name="embeddings", dtype=self.dtype_policy)
+        self.encoder = BlipEncoder(config, name="encoder", dtype=self.dtype_policy)
+        self.post_layernorm = layer_norm(config.layer_norm_eps, "post_layernorm", self.dtype_policy)
+        self.build()
+
+    def build(self, input_shape=None):
+        self.embeddings.build()
+        self.encoder.build((None, None, self.config.hidden_size))
+        self.post_layernorm.build((None, None, self.config.hidden_size))
+
+    def call(
+        self,
+        pixel_values=None,
+        interpolate_pos_encoding=False,
+        output_hidden_states=False,
+        output_attentions=False,
+        training=False,
+    ):
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values.")
+        pixel_values = tf.convert_to_tensor(pixel_values)
+        check_pixel_values(pixel_values, self.config.num_channels)
+        check_image_size(pixel_values, self.config, interpolate_pos_encoding)
+        pixel_values = tf.cast(pixel_values, self.compute_dtype)
+        embeddings = self.embeddings(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        )
+        hidden_states, all_hidden_states, all_attentions = self.encoder(
+            embeddings,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            training=training,
+        )
+        last_hidden_state = self.post_layernorm(hidden_states)
+        # The class token goes through post_layernorm a second time, as in transformers.
+        pooled_output = self.post_layernorm(last_hidden_state[:, 0, :])
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
