@@ -253,19 +253,19 @@ def load_weights(model, source, checkpoint_name="checkpoint"):
         source = _DictSource(source)
     named = pytorch_named_variables(model)
     source_keys = set(source.keys())
-    plan, missing, mismatched = [], [], []
+    plan, missing, mismatched, used = [], [], [], set()
     for key, (variable, layout) in named.items():
         found = _source_key(key, source_keys)
         if found is None:
             missing.append(key)
             continue
+        used.add(found)
         checkpoint_shape = tuple(source.shape(found))
         model_shape = _pytorch_shape(variable, layout)
         if checkpoint_shape != model_shape:
             mismatched.append(f"{found}: checkpoint {checkpoint_shape}, model {model_shape}")
             continue
         plan.append((found, variable, _TO_KERAS_AXES[layout]))
-    used = {found for found, _, _ in plan}
     unexpected = [key for key in source_keys - used if not _is_redundant_key(key, source_keys)]
     if missing or mismatched or unexpected:
         problems = []

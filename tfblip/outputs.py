@@ -1,9 +1,11 @@
 """Model output containers with attribute and key access, as in transformers.
 
 An output is a dict of its non-None fields; a declared field that was not produced reads as
-None through attribute access. Being a plain dict subclass, outputs pass through
-`tf.function` and `tf.nest` unchanged.
+None through attribute access. `tf.nest` treats dict subclasses as structures; Keras' own
+tree utilities (optree) need each class registered, which `_output_class` does.
 """
+
+import optree
 
 
 class ModelOutput(dict):
@@ -38,7 +40,14 @@ class ModelOutput(dict):
 
 
 def _output_class(name, fields, doc):
-    return type(name, (ModelOutput,), {"fields": tuple(fields), "__doc__": doc})
+    cls = type(name, (ModelOutput,), {"fields": tuple(fields), "__doc__": doc})
+    optree.register_pytree_node(
+        cls,
+        lambda output: (tuple(output.values()), tuple(output.keys()), tuple(output.keys())),
+        lambda keys, values: cls(zip(keys, values)),
+        namespace="keras",
+    )
+    return cls
 
 
 BaseModelOutputWithPooling = _output_class(

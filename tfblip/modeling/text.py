@@ -532,17 +532,12 @@ class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
         self.transform = BlipTextPredictionHeadTransform(
             config, name="transform", dtype=self.dtype_policy
         )
-        # Untied checkpoints carry their own `decoder.weight`; its bias is always `bias`.
+        # Untied, transformers' decoder is a Linear with its own weight and bias, and
+        # `predictions.bias` goes unused (it is still loaded and saved, as transformers does).
         self.decoder = (
             None
             if config.tie_word_embeddings
-            else dense(
-                config.vocab_size,
-                "decoder",
-                config.initializer_range,
-                self.dtype_policy,
-                use_bias=False,
-            )
+            else dense(config.vocab_size, "decoder", config.initializer_range, self.dtype_policy)
         )
 
     def build(self, input_shape=None):
@@ -557,10 +552,9 @@ class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
         """`word_embeddings` (vocab, hidden) is the tied projection, unused when untied."""
         hidden_states = self.transform(hidden_states)
         if self.decoder is not None:
-            logits = self.decoder(hidden_states)
-        else:
-            embeddings = tf.cast(word_embeddings, hidden_states.dtype)
-            logits = tf.matmul(hidden_states, embeddings, transpose_b=True)
+            return self.decoder(hidden_states)
+        embeddings = tf.cast(word_embeddings, hidden_states.dtype)
+        logits = tf.matmul(hidden_states, embeddings, transpose_b=True)
         return logits + tf.cast(self.bias, logits.dtype)
 
 

@@ -63,9 +63,9 @@ class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
         super().__init__(**kwargs)
         self.config = config
         self.embed_dim = config.hidden_size
-        self.patch_size = config.patch_size
-        self.grid_size = config.image_size // config.patch_size
-        self.num_positions = self.grid_size**2 + 1
+        self.patch_size = config.patch_size_px
+        self.grid_size = config.num_patches_per_side
+        self.num_positions = config.num_positions
         self.patch_embedding = keras.layers.Conv2D(
             self.embed_dim,
             kernel_size=self.patch_size,
@@ -249,12 +249,12 @@ def check_image_size(pixel_values, config, interpolate_pos_encoding):
     height, width = pixel_values.shape[2], pixel_values.shape[3]
     if interpolate_pos_encoding or height is None or width is None:
         return
-    patches = (height // config.patch_size) * (width // config.patch_size)
-    if patches > (config.image_size // config.patch_size) ** 2:
+    patches = (height // config.patch_size_px) * (width // config.patch_size_px)
+    if patches > config.num_patches:
+        size = config.image_size_px
         raise ValueError(
             f"pixel_values of size {height}x{width} has more patches than the model's "
-            f"{config.image_size}x{config.image_size} position embeddings; pass "
-            "interpolate_pos_encoding=True."
+            f"{size}x{size} position embeddings; pass interpolate_pos_encoding=True."
         )
 
 

@@ -1,0 +1,365 @@
+"""Checkpoint formats, the save_pretrained round trip into transformers, and bad checkpoints."""
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from reference import (
+    assert_close,
+    pixel_values,
+    reference_model,
+    reference_text_model,
+    reference_vision_model,
+    text_inputs,
+    to_torch,
+)
+from safetensors.numpy import load_file, save_file
+
+import tfblip
+from tfblip.checkpoint import CheckpointError, load_weights, open_checkpoint
+
+TASK_CLASSES = {
+    "BlipForConditionalGeneration": tfblip.TFBlipForConditionalGeneration,
+    "BlipForImageTextRetrieval": tfblip.TFBlipForImageTextRetrieval,
+    "BlipModel": tfblip.TFBlipModel,
+}
+
+
+def reference_state(model):
+    return {key: value.detach().numpy() for key, value in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def caption_checkpoint(tmp_path_factory):
+    """A transformers captioning checkpoint directory and its PyTorch model."""
+    reference = reference_model("BlipForConditionalGeneration", seed=20)
+    directory = tmp_path_factory.mktemp("caption")
+    reference.save_pretrained(directory)
+    return reference, directory
+
+
+def caption_logits(model_or_reference, seed=21):
+    pixels = pixel_values(seed=seed)
+    input_ids, attention_mask = text_inputs(seed=seed)
+    if isinstance(model_or_reference, torch.nn.Module):
+        with torch.no_grad():
+            return model_or_reference(
+                pixel_values=to_torch(pixels),
+                input_ids=to_torch(input_ids),
+                attention_mask=to_torch(attention_mask),
+            ).logits.numpy()
+    return np.asarray(
+        model_or_reference(
+            pixel_values=pixels, input_ids=input_ids, attention_mask=attention_mask
+        ).logits
+    )
+
+
+def copy_checkpoint(source, destination):
+    shutil.copytree(source, destination)
+    return destination
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("class_name", [*TASK_CLASSES, "BlipForQuestionAnswering"])
+def test_save_pretrained_round_trip_is_bit_exact(class_name, tmp_path):
+    vision = {"hidden_size": 32} if class_name == "BlipForQuestionAnswering" else None
+    reference = reference_model(class_name, seed=22, vision=vision)
+    reference.save_pretrained(tmp_path / "pt")
+    tf_class = TASK_CLASSES.get(class_name, tfblip.TFBlipForQuestionAnswering)
+    tf_class.from_pretrained(tmp_path / "pt").save_pretrained(tmp_path / "tf")
+
+    assert set(load_file(tmp_path / "tf" / "model.safetensors")) == set(
+        load_file(tmp_path / "pt" / "model.safetensors")
+    )
+    reloaded = getattr(transformers, class_name).from_pretrained(tmp_path / "tf")
+    assert type(reloaded).__name__ == class_name
+    original, round_tripped = reference_state(reference), reference_state(reloaded)
+    assert original.keys() == round_tripped.keys()
+    for key, value in original.items():
+        assert np.array_equal(value, round_tripped[key]), key
+    assert tfblip.BlipConfig.from_pretrained(tmp_path / "tf") == tfblip.BlipConfig.from_pretrained(
+        tmp_path / "pt"
+    )
+    # dtype and _name_or_path come from transformers' loader; num_channels is ours (an extra
+    # key to transformers 5, which dropped it).
+    ignored = {"dtype", "_name_or_path", "num_channels"}
+    for part in ("text_config", "vision_config"):
+        ours = {k: v for k, v in reloaded.config.to_dict()[part].items() if k not in ignored}
+        theirs = {k: v for k, v in reference.config.to_dict()[part].items() if k not in ignored}
+        assert ours == theirs, part
+
+
+def test_sub_model_round_trips_load_in_transformers(tmp_path):
+    for name, reference, tf_class in (
+        ("vision", reference_vision_model(seed=23), tfblip.TFBlipVisionModel),
+        ("text", reference_text_model("BlipTextModel", seed=23), tfblip.TFBlipTextModel),
+        (
+            "lm",
+            reference_text_model("BlipTextLMHeadModel", seed=23),
+            tfblip.TFBlipTextLMHeadModel,
+        ),
+    ):
+        reference.save_pretrained(tmp_path / name / "pt")
+        tf_class.from_pretrained(tmp_path / name / "pt").save_pretrained(tmp_path / name / "tf")
+        reloaded = type(reference).from_pretrained(tmp_path / name / "tf")
+        original, round_tripped = reference_state(reference), reference_state(reloaded)
+        for key, value in original.items():
+            assert np.array_equal(value, round_tripped[key]), f"{name}: {key}"
+
+
+def test_saved_checkpoint_gives_transformers_the_same_logits(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(directory)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.BlipForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert_close(caption_logits(model), caption_logits(reloaded))
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_pytorch_bin_checkpoint(caption_checkpoint, tmp_path):
+    reference, _ = caption_checkpoint
+    reference.config.save_pretrained(tmp_path)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+    assert_close(caption_logits(model), caption_logits(reference))
+
+
+def test_sharded_safetensors_checkpoint(caption_checkpoint, tmp_path):
+    reference, _ = caption_checkpoint
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+    assert_close(caption_logits(model), caption_logits(reference))
+
+
+def test_legacy_keys_of_older_checkpoints(caption_checkpoint, tmp_path):
+    # Salesforce's hub files carry the tied decoder weight, the LM bias as `decoder.bias` and
+    # the position_ids buffer.
+    reference, directory = caption_checkpoint
+    copy_checkpoint(directory, tmp_path / "legacy")
+    tensors = load_file(directory / "model.safetensors")
+    prefix = "text_decoder.cls.predictions."
+    tensors[prefix + "decoder.weight"] = tensors[
+        "text_decoder.bert.embeddings.word_embeddings.weight"
+    ]
+    tensors[prefix + "decoder.bias"] = tensors.pop(prefix + "bias")
+    tensors["text_decoder.bert.embeddings.position_ids"] = np.arange(64)[None]
+    save_file(tensors, tmp_path / "legacy" / "model.safetensors", metadata={"format": "pt"})
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path / "legacy")
+    assert_close(caption_logits(model), caption_logits(reference))
+
+
+def test_untied_word_embeddings(tmp_path):
+    reference = reference_model(
+        "BlipForConditionalGeneration",
+        seed=24,
+        text={"tie_word_embeddings": False},
+        tie_word_embeddings=False,
+    )
+    reference.save_pretrained(tmp_path)
+    assert "text_decoder.cls.predictions.decoder.weight" in load_file(
+        tmp_path / "model.safetensors"
+    )
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+    assert_close(caption_logits(model), caption_logits(reference))
+
+
+def test_bfloat16_checkpoint_loads_as_float32(caption_checkpoint, tmp_path):
+    reference, _ = caption_checkpoint
+    reference.to(torch.bfloat16).save_pretrained(tmp_path)
+    reference.float()
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+    assert model.weights[0].dtype == "float32"
+    reloaded = transformers.BlipForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.float32
+    ).eval()
+    assert_close(caption_logits(model), caption_logits(reloaded))
+
+
+# ----------------------------------------------------------------------------- bad checkpoints
+
+
+def rewrite_weights(directory, change):
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_missing_tensor_is_named(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    key = "text_decoder.bert.encoder.layer.1.crossattention.self.value.weight"
+    rewrite_weights(broken, lambda tensors: tensors.pop(key))
+    with pytest.raises(CheckpointError, match=r"missing tensors \(1\): " + key.replace(".", r"\.")):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_unexpected_tensor_is_named(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    rewrite_weights(broken, lambda tensors: tensors.update(extra_head=np.zeros(3, np.float32)))
+    with pytest.raises(CheckpointError, match=r"unexpected tensors \(1\): extra_head"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_wrong_shape_is_named(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    config = json.loads((broken / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 40
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong shapes \(6\): .*layer\.0\.intermediate\.dense\.weight: checkpoint "
+        r"\(37, 32\), model \(40, 32\)",
+    ):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_checkpoint_of_another_task_lists_what_does_not_fit(caption_checkpoint):
+    _, directory = caption_checkpoint
+    with pytest.raises(CheckpointError, match=r"missing tensors .*itm_head.*unexpected tensors"):
+        tfblip.TFBlipForImageTextRetrieval.from_pretrained(directory)
+
+
+def test_failed_load_leaves_the_model_untouched(caption_checkpoint):
+    _, directory = caption_checkpoint
+    model = tfblip.TFBlipForImageTextRetrieval(tfblip.BlipConfig.from_pretrained(directory))
+    before = [np.array(v) for v in model.weights]
+    with pytest.raises(CheckpointError):
+        load_weights(model, open_checkpoint(str(directory)))
+    assert all(np.array_equal(a, np.array(v)) for a, v in zip(before, model.weights))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble_header"])
+def test_corrupt_safetensors_file(caption_checkpoint, tmp_path, damage):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    path = broken / "model.safetensors"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"\xff" * 16 + data[16:])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_corrupt_pytorch_bin(caption_checkpoint, tmp_path):
+    reference, _ = caption_checkpoint
+    reference.config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_bin_without_torch_names_the_extra(caption_checkpoint, tmp_path, monkeypatch):
+    reference, _ = caption_checkpoint
+    reference.config.save_pretrained(tmp_path)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"tfblip\[torch\]"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_shard_index_cannot_leave_the_checkpoint_directory(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    shutil.copy(broken / "model.safetensors", tmp_path / "outside.safetensors")
+    (broken / "model.safetensors").unlink()
+    index = {"weight_map": {"logit_scale": "../outside.safetensors"}}
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="outside"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_directory_without_weights(caption_checkpoint, tmp_path):
+    reference, _ = caption_checkpoint
+    reference.config.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="No weights found"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_config_of_another_model_type(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "broken")
+    (broken / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(ValueError, match="clip"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+
+
+def test_missing_local_path():
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained("./does-not-exist")
+
+
+def test_repo_id_without_huggingface_hub_explains_local_use(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(ImportError, match=r"tfblip\[hub\].*local checkpoint directory"):
+        tfblip.TFBlipForConditionalGeneration.from_pretrained("Salesforce/blip-not-local")
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((2, 30, 30, 3), "channels-first with 3 channels.*channels-last"),
+        ((2, 1, 30, 30), "channels-first with 3 channels"),
+        ((3, 30, 30), "rank 4"),
+    ],
+)
+def test_pixel_values_of_the_wrong_layout(shape, message):
+    model = tfblip.TFBlipVisionModel(
+        tfblip.BlipVisionConfig(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=1, image_size=30, patch_size=6
+        )
+    )
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values=np.zeros(shape, np.float32))
+
+
+def test_larger_images_need_interpolated_positions():
+    model = tfblip.TFBlipVisionModel(
+        tfblip.BlipVisionConfig(
+            hidden_size=32, num_attention_heads=4, num_hidden_layers=1, image_size=30, patch_size=6
+        )
+    )
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        model(pixel_values=np.zeros((1, 3, 60, 60), np.float32))
+
+
+def test_vqa_without_labels_or_decoder_inputs(caption_checkpoint):
+    config = tfblip.BlipConfig(
+        text_config={
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 1,
+            "intermediate_size": 37,
+            "vocab_size": 99,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 1,
+            "intermediate_size": 37,
+            "image_size": 30,
+            "patch_size": 6,
+        },
+    )
+    model = tfblip.TFBlipForQuestionAnswering(config)
+    input_ids, _ = text_inputs()
+    with pytest.raises(ValueError, match="labels .* or decoder_input_ids"):
+        model(input_ids=input_ids, pixel_values=pixel_values())
