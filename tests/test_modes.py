@@ -106,3 +106,16 @@ def test_graph_accepts_dynamic_batch_and_length():
             "input_ids": tf.constant(text_inputs(batch_size=batch, length=length)[0], tf.int32),
         }
         np.testing.assert_allclose(function(inputs), model(**inputs).logits, atol=1e-5)
+
+
+def test_mixed_bfloat16_policy_runs_close_to_float32():
+    model, inputs = model_and_inputs("caption")
+    randomized(model, seed=2)
+    mixed = tfblip.TFBlipForConditionalGeneration(model.config, dtype="mixed_bfloat16")
+    for source, target in zip(model.weights, mixed.weights):
+        target.assign(source)
+    full, half = model(**inputs), mixed(**inputs)
+    assert mixed.weights[0].dtype == "float32"  # variables stay float32
+    assert half.logits.dtype == tf.bfloat16
+    assert half.loss.dtype == tf.float32  # the loss is computed in float32
+    np.testing.assert_allclose(float(half.loss), float(full.loss), rtol=2e-2)

@@ -37,18 +37,17 @@ def layer_norm(epsilon, name, dtype):
     return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
 
 
-def masked_softmax(scores, additive_mask=None):
-    """Softmax over the last axis, computed in float32 so bfloat16 scores stay stable."""
+def masked_softmax(scores, keep_mask=None):
+    """Softmax over the last axis, computed in float32 so bfloat16 scores stay stable.
+
+    `keep_mask` is boolean (False = masked). Masked scores become the float32 minimum, as
+    transformers' additive masks make them; a fully masked row turns uniform in both. The
+    mask is boolean, not additive, because Keras would cast a float mask to bfloat16.
+    """
     scores_f32 = tf.cast(scores, tf.float32)
-    if additive_mask is not None:
-        scores_f32 = scores_f32 + additive_mask
+    if keep_mask is not None:
+        scores_f32 = tf.where(keep_mask, scores_f32, tf.float32.min)
     return tf.cast(tf.nn.softmax(scores_f32, axis=-1), scores.dtype)
-
-
-def to_additive_mask(keep_mask):
-    """1/0 keep mask -> float32 additive mask (0 to keep, dtype minimum to drop), as transformers."""
-    keep_mask = tf.cast(keep_mask, tf.float32)
-    return (1.0 - keep_mask) * tf.float32.min
 
 
 class ConfigSerializable:

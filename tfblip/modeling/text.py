@@ -22,7 +22,6 @@ from tfblip.modeling.common import (
     get_activation,
     layer_norm,
     masked_softmax,
-    to_additive_mask,
 )
 from tfblip.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -380,22 +379,21 @@ class BlipTextPooler(ConfigSerializable, keras.layers.Layer):
 
 
 def self_attention_mask(attention_mask, batch_size, query_length, past_length, is_decoder):
-    """Additive (B, 1, Tq, Tk) mask: padding, plus causality when decoding.
+    """Boolean (B, 1, Tq, Tk) keep mask: padding, plus causality when decoding.
 
     `attention_mask` covers the cached and the new tokens (B, past_length + query_length).
     Returns None when nothing is masked.
     """
-    key_length = past_length + query_length
-    if not is_decoder:
-        if attention_mask is None:
-            return None
-        return to_additive_mask(tf.cast(attention_mask, tf.float32)[:, None, None, :])
-    query_positions = past_length + tf.range(query_length)
-    causal = tf.cast(query_positions[:, None] >= tf.range(key_length)[None, :], tf.float32)
-    keep = tf.broadcast_to(causal[None, None], (batch_size, 1, query_length, key_length))
+    padding = None
     if attention_mask is not None:
-        keep = keep * tf.cast(attention_mask, tf.float32)[:, None, None, :]
-    return to_additive_mask(keep)
+        padding = tf.cast(attention_mask, tf.bool)[:, None, None, :]
+    if not is_decoder:
+        return padding
+    key_length = past_length + query_length
+    query_positions = past_length + tf.range(query_length)
+    causal = query_positions[:, None] >= tf.range(key_length)[None, :]
+    keep = tf.broadcast_to(causal[None, None], (batch_size, 1, query_length, key_length))
+    return keep if padding is None else tf.logical_and(keep, padding)
 
 
 def check_token_ids(input_ids, name="input_ids"):
@@ -475,9 +473,7 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         )
         cross_mask = None
         if encoder_attention_mask is not None:
-            cross_mask = to_additive_mask(
-                tf.cast(encoder_attention_mask, tf.float32)[:, None, None, :]
-            )
+            cross_mask = tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :]
         if encoder_hidden_states is not None:
             encoder_hidden_states = tf.cast(encoder_hidden_states, self.compute_dtype)
         encoded = self.encoder(
