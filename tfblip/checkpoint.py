@@ -11,6 +11,7 @@ import json
 import os
 
 import keras
+import ml_dtypes
 import numpy as np
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -83,35 +84,89 @@ def pytorch_named_variables(model):
 # ----------------------------------------------------------------------------- reading
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _read_safetensors_header(path):
+    """{key: (dtype, shape, absolute start, end)} from a safetensors file's JSON header."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header_length = int.from_bytes(f.read(8), "little")
+            if not 0 < header_length <= size - 8:
+                raise ValueError(f"header length {header_length} does not fit a {size}-byte file")
+            header = json.loads(f.read(header_length))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"Cannot read safetensors file {path}: {error}") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"Cannot read safetensors file {path}: the header is not a mapping.")
+    data_start = 8 + header_length
+    entries = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: bad header entry for {key!r}: {entry!r}") from error
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if end - begin != expected or data_start + end > size or begin < 0:
+            raise CheckpointError(
+                f"{path} is truncated or corrupt: tensor {key!r} claims bytes {begin}..{end} "
+                f"of a {size - data_start}-byte data section."
+            )
+        entries[key] = (dtype, shape, data_start + begin, data_start + end)
+    return entries
+
+
 class _SafetensorsSource:
-    """Tensors of one or more safetensors files, read one at a time (never all at once)."""
+    """Tensors of one or more safetensors files.
+
+    Each tensor is read with a plain file read when it is needed. A memory map (as the
+    safetensors library uses) would keep every page it touched resident until closed, which
+    doubles the peak memory of loading a large checkpoint.
+    """
 
     def __init__(self, files):
-        from safetensors import SafetensorError, safe_open
-
-        self._handles, self._file_of = [], {}
+        self._entries = {}
         for path in files:
-            try:
-                handle = safe_open(path, framework="numpy")
-            except (SafetensorError, OSError, ValueError) as error:
-                raise CheckpointError(f"Cannot read safetensors file {path}: {error}") from error
-            self._handles.append(handle)
-            for key in handle.keys():  # noqa: SIM118 (the handle is not iterable)
-                self._file_of[key] = (handle, path)
+            for key, entry in _read_safetensors_header(path).items():
+                self._entries[key] = (path, *entry)
 
     def keys(self):
-        return list(self._file_of)
+        return list(self._entries)
 
     def shape(self, key):
-        handle, _ = self._file_of[key]
-        return tuple(handle.get_slice(key).get_shape())
+        return self._entries[key][2]
 
-    def get(self, key):
-        handle, path = self._file_of[key]
-        try:
-            return handle.get_tensor(key)
-        except Exception as error:  # the library raises several types for corrupt data
-            raise CheckpointError(f"Cannot read tensor {key!r} from {path}: {error}") from error
+    def get(self, key, rows=None):
+        """The tensor, or the `rows` slice of its first axis."""
+        path, dtype, shape, begin, end = self._entries[key]
+        if rows is not None:
+            row_bytes = (end - begin) // shape[0]
+            begin, end = begin + rows.start * row_bytes, begin + rows.stop * row_bytes
+            shape = (rows.stop - rows.start, *shape[1:])
+        # A writable array, read in place with no intermediate bytes object.
+        tensor = np.empty(shape, dtype=dtype)
+        with open(path, "rb") as f:
+            f.seek(begin)
+            read = f.readinto(memoryview(tensor.reshape(-1).view(np.uint8)))
+        if read != end - begin:
+            raise CheckpointError(f"{path} is truncated: tensor {key!r} is incomplete.")
+        return tensor
 
 
 class _TorchSource:
@@ -142,10 +197,12 @@ class _TorchSource:
     def shape(self, key):
         return tuple(self._tensors[key].shape)
 
-    def get(self, key):
+    def get(self, key, rows=None):
         tensor = self._tensors[key]
+        if rows is not None:
+            tensor = tensor[rows]
         if tensor.dtype == self._torch.bfloat16:
-            tensor = tensor.float()
+            tensor = tensor.float()  # numpy has no bfloat16; torch cannot export ml_dtypes'
         return tensor.numpy()
 
 
@@ -161,8 +218,10 @@ class _DictSource:
     def shape(self, key):
         return tuple(self._tensors[key].shape)
 
-    def get(self, key):
+    def get(self, key, rows=None):
         tensor = self._tensors[key]
+        if rows is not None:
+            tensor = tensor[rows]
         if hasattr(tensor, "detach"):
             tensor = tensor.detach().float().cpu().numpy()
         return np.asarray(tensor)
@@ -265,7 +324,7 @@ def load_weights(model, source, checkpoint_name="checkpoint"):
         if checkpoint_shape != model_shape:
             mismatched.append(f"{found}: checkpoint {checkpoint_shape}, model {model_shape}")
             continue
-        plan.append((found, variable, _TO_KERAS_AXES[layout]))
+        plan.append((found, variable, layout))
     unexpected = [key for key in source_keys - used if not _is_redundant_key(key, source_keys)]
     if missing or mismatched or unexpected:
         problems = []
@@ -278,11 +337,35 @@ def load_weights(model, source, checkpoint_name="checkpoint"):
         raise CheckpointError(
             f"{checkpoint_name} does not fit {type(model).__name__}: " + "; ".join(problems)
         )
-    for found, variable, axes in plan:
-        value = source.get(found)
-        if axes:
-            value = np.transpose(value, axes)
-        variable.assign(np.array(value, dtype=variable.dtype, order="C"))
+    for found, variable, layout in plan:
+        _copy_tensor(source, found, variable, layout)
+
+
+# Tensors larger than this are copied in slices, so loading never holds a second copy of a
+# large tensor (the word embeddings of the base model are 94 MB).
+_CHUNK_BYTES = 16 * 2**20
+
+
+def _copy_tensor(source, key, variable, layout):
+    axes = _TO_KERAS_AXES[layout]
+
+    def to_keras(value):
+        value = np.transpose(value, axes) if axes else value
+        return value.astype(variable.dtype, copy=False)
+
+    pytorch_shape = source.shape(key)
+    rows_total = pytorch_shape[0] if pytorch_shape else 0
+    row_bytes = np.dtype(variable.dtype).itemsize * int(np.prod(pytorch_shape[1:]))
+    rows_per_chunk = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    if rows_total <= rows_per_chunk:
+        variable.assign(to_keras(source.get(key)))
+        return
+    # PyTorch's first axis is the last Keras axis of transposed layouts, else the first.
+    target = variable.value
+    for start in range(0, rows_total, rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, rows_total))
+        index = (Ellipsis, rows) if axes else rows
+        target[index].assign(to_keras(source.get(key, rows)))
 
 
 def pytorch_state_dict(model):
