@@ -14,11 +14,12 @@ import keras
 import ml_dtypes
 import numpy as np
 
+from tfblip.configuration import CONFIG_NAME
+
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_WEIGHTS = "pytorch_model.bin"
 PYTORCH_INDEX = "pytorch_model.bin.index.json"
-CONFIG_NAME = "config.json"
 
 # Keras leaf layer -> {variable attribute: (PyTorch parameter name, layout)}.
 _LEAF_PARAMETERS = (
