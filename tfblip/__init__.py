@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from tfblip.checkpoint import CheckpointError
 from tfblip.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+from tfblip.image_processing import BlipImageProcessor
 from tfblip.modeling.blip import (
     TFBlipForConditionalGeneration,
     TFBlipForImageTextRetrieval,
@@ -12,9 +13,12 @@ from tfblip.modeling.blip import (
 )
 from tfblip.modeling.text import TFBlipTextLMHeadModel, TFBlipTextModel
 from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.processing import BlipProcessor
 
 __all__ = [
     "BlipConfig",
+    "BlipImageProcessor",
+    "BlipProcessor",
     "BlipTextConfig",
     "BlipVisionConfig",
     "CheckpointError",
