@@ -393,3 +393,51 @@ def test_pixel_values_of_the_default_size_need_no_interpolation(vision_pair):
     _, model = vision_pair
     outputs = model(pixel_values=pixel_values(batch_size=1, size=IMAGE_SIZE))
     assert outputs.last_hidden_state.shape == (1, 26, 24)
+
+
+def test_fixed_size_cache_matches_full_forward(text_pair):
+    # Generation writes keys/values into buffers of the final length instead of growing them.
+    _, model = text_pair
+    input_ids, _ = text_inputs(batch_size=2, length=8, seed=18)
+    attention_mask = np.ones((2, 10), np.int32)
+    attention_mask[1, :2] = 0  # left padding, as generation lays out mixed prompt lengths
+    positions = np.maximum(np.arange(10)[None] - (1 - attention_mask).sum(1, keepdims=True), 0)
+    ids = np.concatenate([np.zeros((2, 2), np.int64), input_ids], axis=1)
+    image_states = np.random.default_rng(18).normal(size=(2, 11, 24)).astype(np.float32)
+    full = model(
+        input_ids=ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        encoder_hidden_states=image_states,
+        is_decoder=True,
+    ).last_hidden_state.numpy()
+    buffers = tuple(
+        (np.zeros((2, 4, 10, 8), np.float32), np.zeros((2, 4, 10, 8), np.float32)) for _ in range(2)
+    )
+    prefix = model(
+        input_ids=ids[:, :6],
+        attention_mask=attention_mask,
+        position_ids=positions[:, :6],
+        encoder_hidden_states=image_states,
+        past_key_values=buffers,
+        cache_position=0,
+        is_decoder=True,
+        use_cache=True,
+    )
+    pieces, cache = [prefix.last_hidden_state.numpy()], prefix.past_key_values
+    for step in range(6, 10):
+        out = model(
+            input_ids=ids[:, step : step + 1],
+            attention_mask=attention_mask,
+            position_ids=positions[:, step : step + 1],
+            past_key_values=cache,
+            cache_position=step,
+            is_decoder=True,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        pieces.append(out.last_hidden_state.numpy())
+    # Rows attend to real tokens only, so compare those (row 1's two pads are don't-cares).
+    cached = np.concatenate(pieces, axis=1)
+    assert_close(cached[0], full[0], atol=1e-5)
+    assert_close(cached[1, 2:], full[1, 2:], atol=1e-5)

@@ -428,6 +428,10 @@ class PretrainedMixin:
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = cls(config, **kwargs)
         load_weights(model, open_checkpoint(path), checkpoint_name=path)
+        if hasattr(model, "generation_defaults"):
+            from tfblip.generation import read_generation_config
+
+            model.generation_defaults = read_generation_config(directory)
         return model
 
     def save_pretrained(self, save_directory):
@@ -441,6 +445,11 @@ class PretrainedMixin:
         with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
+        if getattr(self, "generation_defaults", None):
+            from tfblip.generation import GENERATION_CONFIG_NAME
+
+            with open(os.path.join(save_directory, GENERATION_CONFIG_NAME), "w") as f:
+                json.dump(dict(self.generation_defaults), f, indent=2, sort_keys=True)
         save_file(
             pytorch_state_dict(self),
             os.path.join(save_directory, SAFETENSORS_WEIGHTS),

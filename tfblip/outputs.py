@@ -2,7 +2,7 @@
 
 An output is a dict of its non-None fields; a declared field that was not produced reads as
 None through attribute access. `tf.nest` treats dict subclasses as structures; Keras' own
-tree utilities (optree) need each class registered, which `_output_class` does.
+tree utilities (optree) need each class registered, which `register_output` does.
 """
 
 import optree
@@ -39,7 +39,8 @@ class ModelOutput(dict):
         return f"{type(self).__name__}({', '.join(self.keys())})"
 
 
-def _output_class(name, fields, doc):
+def register_output(name, fields, doc):
+    """A ModelOutput subclass with these fields, registered with Keras' tree utilities."""
     cls = type(name, (ModelOutput,), {"fields": tuple(fields), "__doc__": doc})
     optree.register_pytree_node(
         cls,
@@ -50,12 +51,12 @@ def _output_class(name, fields, doc):
     return cls
 
 
-BaseModelOutputWithPooling = _output_class(
+BaseModelOutputWithPooling = register_output(
     "BaseModelOutputWithPooling",
     ["last_hidden_state", "pooler_output", "hidden_states", "attentions"],
     "Output of an encoder with a pooled first token.",
 )
-BaseModelOutputWithPoolingAndCrossAttentions = _output_class(
+BaseModelOutputWithPoolingAndCrossAttentions = register_output(
     "BaseModelOutputWithPoolingAndCrossAttentions",
     [
         "last_hidden_state",
@@ -68,12 +69,12 @@ BaseModelOutputWithPoolingAndCrossAttentions = _output_class(
     "Output of the BLIP text model. `past_key_values` holds, per layer, the self-attention "
     "(key, value) and, when cross-attending, the cross-attention (key, value).",
 )
-CausalLMOutputWithCrossAttentions = _output_class(
+CausalLMOutputWithCrossAttentions = register_output(
     "CausalLMOutputWithCrossAttentions",
     ["loss", "logits", "past_key_values", "hidden_states", "attentions", "cross_attentions"],
     "Output of the BLIP text decoder with its language-modeling head.",
 )
-BlipOutput = _output_class(
+BlipOutput = register_output(
     "BlipOutput",
     [
         "loss",
@@ -86,12 +87,12 @@ BlipOutput = _output_class(
     ],
     "Output of TFBlipModel: scaled image-text similarities and normalized embeddings.",
 )
-BlipForConditionalGenerationModelOutput = _output_class(
+BlipForConditionalGenerationModelOutput = register_output(
     "BlipForConditionalGenerationModelOutput",
     ["loss", "logits", "image_embeds", "last_hidden_state", "hidden_states", "attentions"],
     "Output of TFBlipForConditionalGeneration.",
 )
-BlipTextVisionModelOutput = _output_class(
+BlipTextVisionModelOutput = register_output(
     "BlipTextVisionModelOutput",
     [
         "loss",
@@ -104,7 +105,7 @@ BlipTextVisionModelOutput = _output_class(
     "Output of TFBlipForQuestionAnswering. `decoder_logits` are the answer decoder's logits "
     "(transformers 4.x returned them; 5.x dropped the field).",
 )
-BlipImageTextMatchingModelOutput = _output_class(
+BlipImageTextMatchingModelOutput = register_output(
     "BlipImageTextMatchingModelOutput",
     [
         "itm_score",

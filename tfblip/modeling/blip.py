@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import BlipConfig
+from tfblip.generation import drop_last_token, generate, resolve_options
 from tfblip.modeling.common import ConfigSerializable, dense
 from tfblip.modeling.text import IGNORE_INDEX, TFBlipTextLMHeadModel, TFBlipTextModel
 from tfblip.modeling.vision import TFBlipVisionModel
@@ -54,6 +55,8 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         self.vision_model = TFBlipVisionModel(
             config.vision_config, name="vision_model", dtype=self.dtype_policy
         )
+        # Decoding defaults; from_pretrained fills them from generation_config.json.
+        self.generation_defaults = {}
 
     def build(self, input_shape=None):
         """Every sublayer builds itself from the config when constructed."""
@@ -195,6 +198,52 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
             attentions=vision_outputs.attentions,
         )
 
+    def generate(
+        self,
+        pixel_values,
+        input_ids=None,
+        attention_mask=None,
+        interpolate_pos_encoding=False,
+        **options,
+    ):
+        """Captions images, optionally continuing a text prompt; int32 ids starting with bos.
+
+        As transformers: the prompt's first token becomes bos ([DEC]) and its last token (the
+        [SEP] a tokenizer appends) is dropped; decoding stops at sep_token_id. Options and
+        defaults (from generation_config.json when the checkpoint has one) are transformers':
+        max_length, max_new_tokens, min_length, min_new_tokens, num_beams, length_penalty,
+        early_stopping, num_return_sequences, do_sample, temperature, top_k, top_p, seed,
+        repetition_penalty, no_repeat_ngram_size, output_scores, return_dict_in_generate, and
+        jit_compile (XLA). Rows with prompts of different lengths (right-padded, with their
+        attention_mask) decode as they would alone.
+        """
+        options = resolve_options(self.generation_defaults, options)
+        image_embeds = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        ).last_hidden_state
+        batch_size = tf.shape(image_embeds)[0]
+        text_config = self.config.text_config
+        if input_ids is None:
+            input_ids = tf.tile(
+                [[text_config.bos_token_id, text_config.eos_token_id]], [batch_size, 1]
+            )
+        input_ids = tf.cast(input_ids, tf.int32)
+        if attention_mask is None:
+            attention_mask = tf.ones_like(input_ids)
+        input_ids = tf.concat(
+            [tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id), input_ids[:, 1:]], 1
+        )
+        prompt_ids, prompt_mask = drop_last_token(input_ids, attention_mask)
+        return generate(
+            self.text_decoder,
+            image_embeds,
+            all_ones_mask(image_embeds),
+            prompt_ids,
+            prompt_mask,
+            text_config,
+            options,
+        )
+
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForQuestionAnswering(_BlipTaskModel):
@@ -305,6 +354,42 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
             decoder_logits=answer_output.logits,
+        )
+
+    def generate(
+        self,
+        input_ids,
+        pixel_values,
+        attention_mask=None,
+        interpolate_pos_encoding=False,
+        **options,
+    ):
+        """Answers questions about images; int32 answer ids starting with bos.
+
+        Takes the options of TFBlipForConditionalGeneration.generate. The answer decoder
+        cross-attends to the question states under the question's attention mask, so padded
+        questions in a batch answer as they would alone (transformers attends to the padding).
+        """
+        options = resolve_options(self.generation_defaults, options)
+        input_ids = tf.cast(input_ids, tf.int32)
+        if attention_mask is None:
+            attention_mask = tf.ones_like(input_ids)
+        _, question_embeds = self.encode_question(
+            input_ids,
+            pixel_values,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        text_config = self.config.text_config
+        bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
+        return generate(
+            self.text_decoder,
+            question_embeds,
+            attention_mask,
+            bos_ids,
+            tf.ones_like(bos_ids),
+            text_config,
+            options,
         )
 
 

@@ -74,6 +74,20 @@ class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
         return self.dropout(self.LayerNorm(embeddings), training=training)
 
 
+def write_to_cache(cache, states, position):
+    """`cache` (B, H, L, D) with `states` (B, H, T, D) written at positions position..+T.
+
+    A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
+    untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
+    """
+    length = tf.shape(cache)[2]
+    positions = position + tf.range(tf.shape(states)[2])
+    one_hot = tf.one_hot(positions, length, dtype=cache.dtype)  # (T, L)
+    written = tf.einsum("tl,bhtd->bhld", one_hot, states)
+    keep = 1.0 - tf.reduce_sum(one_hot, axis=0)
+    return cache * keep[None, None, :, None] + written
+
+
 class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
     """Scaled dot-product attention over the text itself or, for cross-attention, the image.
 
@@ -123,6 +137,7 @@ class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
         attention_mask=None,
         encoder_hidden_states=None,
         past_key_value=None,
+        cache_position=None,
         training=False,
     ):
         query = self.split_heads(self.query(hidden_states))
@@ -133,7 +148,10 @@ class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
                 key, value = self.key_value(encoder_hidden_states)
         else:
             key, value = self.key_value(hidden_states)
-            if past_key_value is not None:
+            if past_key_value is not None and cache_position is not None:
+                key = write_to_cache(past_key_value[0], key, cache_position)
+                value = write_to_cache(past_key_value[1], value, cache_position)
+            elif past_key_value is not None:
                 key = tf.concat([past_key_value[0], key], axis=2)
                 value = tf.concat([past_key_value[1], value], axis=2)
         scores = tf.matmul(query, key, transpose_b=True) / tf.cast(
@@ -194,6 +212,7 @@ class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
         attention_mask=None,
         encoder_hidden_states=None,
         past_key_value=None,
+        cache_position=None,
         training=False,
     ):
         context, probs, present = self.self_attention(
@@ -201,6 +220,7 @@ class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
             attention_mask=attention_mask,
             encoder_hidden_states=encoder_hidden_states,
             past_key_value=past_key_value,
+            cache_position=cache_position,
             training=training,
         )
         return self.attention_output(context, hidden_states, training=training), probs, present
@@ -281,6 +301,7 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
         encoder_hidden_states=None,
         encoder_attention_mask=None,
         past_key_value=None,
+        cache_position=None,
         training=False,
     ):
         self_past = past_key_value[:2] if past_key_value is not None else None
@@ -289,6 +310,7 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
             hidden_states,
             attention_mask=attention_mask,
             past_key_value=self_past,
+            cache_position=cache_position,
             training=training,
         )
         cross_probs = None
@@ -334,6 +356,7 @@ class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
         encoder_hidden_states=None,
         encoder_attention_mask=None,
         past_key_values=None,
+        cache_position=None,
         output_hidden_states=False,
         training=False,
     ):
@@ -346,6 +369,7 @@ class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
                 encoder_hidden_states=encoder_hidden_states,
                 encoder_attention_mask=encoder_attention_mask,
                 past_key_value=past_key_values[index] if past_key_values is not None else None,
+                cache_position=cache_position,
                 training=training,
             )
             all_hidden_states.append(hidden_states)
@@ -378,18 +402,22 @@ class BlipTextPooler(ConfigSerializable, keras.layers.Layer):
         return tf.tanh(self.dense(hidden_states[:, 0]))
 
 
-def self_attention_mask(attention_mask, batch_size, query_length, past_length, is_decoder):
+def self_attention_mask(
+    attention_mask, batch_size, query_length, past_length, is_decoder, key_length=None
+):
     """Boolean (B, 1, Tq, Tk) keep mask: padding, plus causality when decoding.
 
-    `attention_mask` covers the cached and the new tokens (B, past_length + query_length).
-    Returns None when nothing is masked.
+    `attention_mask` covers every key: the cached and the new tokens, (B, key_length), where
+    key_length is past_length + query_length unless a fixed-size cache is longer. Returns
+    None when nothing is masked.
     """
     padding = None
     if attention_mask is not None:
         padding = tf.cast(attention_mask, tf.bool)[:, None, None, :]
     if not is_decoder:
         return padding
-    key_length = past_length + query_length
+    if key_length is None:
+        key_length = past_length + query_length
     query_positions = past_length + tf.range(query_length)
     causal = query_positions[:, None] >= tf.range(key_length)[None, :]
     keep = tf.broadcast_to(causal[None, None], (batch_size, 1, query_length, key_length))
@@ -447,11 +475,21 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         past_key_values=None,
         use_cache=None,
         is_decoder=False,
+        cache_position=None,
         output_attentions=False,
         output_hidden_states=False,
         training=False,
     ):
-        past_length = 0 if past_key_values is None else tf.shape(past_key_values[0][0])[2]
+        # Two cache layouts: one grown by concatenation (past_length = its length), or, with
+        # `cache_position`, fixed-size buffers the new keys/values are written into.
+        key_length = None
+        if past_key_values is None:
+            past_length = 0
+        elif cache_position is None:
+            past_length = tf.shape(past_key_values[0][0])[2]
+        else:
+            past_length = cache_position
+            key_length = tf.shape(past_key_values[0][0])[2]
         if encoder_embeds is not None:
             embedding_output = encoder_embeds
         else:
@@ -469,7 +507,7 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
             )
         batch_size, query_length = tf.shape(embedding_output)[0], tf.shape(embedding_output)[1]
         mask = self_attention_mask(
-            attention_mask, batch_size, query_length, past_length, is_decoder
+            attention_mask, batch_size, query_length, past_length, is_decoder, key_length
         )
         cross_mask = None
         if encoder_attention_mask is not None:
@@ -482,6 +520,7 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=cross_mask,
             past_key_values=past_key_values,
+            cache_position=cache_position,
             output_hidden_states=output_hidden_states,
             training=training,
         )
@@ -625,6 +664,7 @@ class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
         past_key_values=None,
         use_cache=None,
         is_decoder=True,
+        cache_position=None,
         reduction="mean",
         output_attentions=False,
         output_hidden_states=False,
@@ -642,6 +682,7 @@ class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
             past_key_values=past_key_values,
             use_cache=use_cache,
             is_decoder=is_decoder,
+            cache_position=cache_position,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             training=training,
