@@ -1,7 +1,7 @@
 """tfblip against transformers' PyTorch BLIP, timed side by side in the same run.
 
     python scripts/benchmark.py                      # every benchmark
-    python scripts/benchmark.py --only processor     # one of: processor, vision
+    python scripts/benchmark.py --only generation    # one of: processor, vision, generation
 
 Each benchmark runs the same work through tfblip and through transformers on the same inputs
 and prints the ratio tfblip / PyTorch of the best time over --repeats runs (below 1.0 means
@@ -11,6 +11,11 @@ tfblip is faster). Absolute times on a shared machine are noise; the ratios are 
   against transformers' BlipImageProcessorPil, both returning numpy arrays.
 - vision: the base-size ViT-B/16 vision encoder at 384x384, batch 1, fp32, random weights;
   tfblip runs it in a tf.function. First-call (trace) time is reported separately.
+- generation: base-size random-weight captioning and VQA checkpoints built with transformers;
+  `generate()` with exactly 20 new tokens (min_new_tokens = max_new_tokens = 20): caption at
+  batch 1 (also with XLA), batch 8 and beam 3; VQA at batch 1; bfloat16 (Keras
+  mixed_bfloat16 policy) against PyTorch fp32, with the share of greedy tokens that agree
+  with tfblip fp32. First-call (trace/compile) times are printed beside.
 """
 
 import argparse
@@ -109,7 +114,127 @@ def benchmark_vision(repeats):
     )
 
 
-BENCHMARKS = {"processor": benchmark_processor, "vision": benchmark_vision}
+def base_captioning_pair(directory):
+    """A base-size random-weight captioning checkpoint, in transformers and in tfblip."""
+    import torch
+    import transformers
+
+    import tfblip
+
+    torch.manual_seed(0)
+    config = transformers.BlipConfig()
+    reference = transformers.BlipForConditionalGeneration(config).eval()
+    reference.save_pretrained(directory)
+    return reference, tfblip.TFBlipForConditionalGeneration.from_pretrained(directory)
+
+
+FIXED_20_TOKENS = {"max_new_tokens": 20, "min_new_tokens": 20}
+
+
+def time_generation(name, tfblip_generate, torch_generate, repeats, options=None):
+    """Reports tfblip against PyTorch for one decoding setup, first call shown apart."""
+    options = options or {}
+    start = time.perf_counter()
+    tfblip_generate(**options)
+    first_call = time.perf_counter() - start
+    ours = best_time(lambda: tfblip_generate(**options), repeats)
+    theirs = best_time(torch_generate, repeats)
+    return report(name, ours, theirs, f"   (first call {first_call:.1f} s)")
+
+
+def benchmark_generation(repeats):
+    """Captioning and VQA decoding; every run produces exactly 20 new tokens."""
+    import torch
+
+    import tfblip
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as directory:
+        reference, model = base_captioning_pair(directory)
+        bf16 = tfblip.TFBlipForConditionalGeneration.from_pretrained(
+            directory, dtype="mixed_bfloat16"
+        )
+    cases = [
+        ("caption, batch 1, greedy", 1, {}),
+        ("caption, batch 1, greedy, XLA", 1, {"jit_compile": True}),
+        ("caption, batch 8, greedy", 8, {}),
+        ("caption, batch 1, beam 3", 1, {"num_beams": 3}),
+    ]
+    for name, batch, options in cases:
+        pixels = rng.normal(size=(batch, 3, 384, 384)).astype(np.float32)
+        torch_options = {k: v for k, v in options.items() if k != "jit_compile"}
+
+        def run_torch(pixels=pixels, torch_options=torch_options):
+            with torch.no_grad():
+                reference.generate(
+                    pixel_values=torch.from_numpy(pixels), **FIXED_20_TOKENS, **torch_options
+                )
+
+        def run_tfblip(pixels=pixels, **options):
+            model.generate(pixels, **FIXED_20_TOKENS, **options)
+
+        time_generation(name, run_tfblip, run_torch, repeats, options)
+    bf16_agreement(model, bf16, reference, rng, repeats)
+    benchmark_vqa(rng, repeats)
+
+
+def benchmark_vqa(rng, repeats):
+    import torch
+    import transformers
+
+    import tfblip
+
+    torch.manual_seed(0)
+    reference = transformers.BlipForQuestionAnswering(transformers.BlipConfig()).eval()
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        model = tfblip.TFBlipForQuestionAnswering.from_pretrained(directory)
+    pixels = rng.normal(size=(1, 3, 384, 384)).astype(np.float32)
+    question = np.array([[101, 2054, 2003, 1999, 1996, 3861, 1029, 102]])
+
+    def run_torch():
+        with torch.no_grad():
+            reference.generate(
+                input_ids=torch.from_numpy(question),
+                pixel_values=torch.from_numpy(pixels),
+                **FIXED_20_TOKENS,
+            )
+
+    def run_tfblip():
+        model.generate(question, pixels, **FIXED_20_TOKENS)
+
+    time_generation("vqa, batch 1, greedy", run_tfblip, run_torch, repeats)
+
+
+def bf16_agreement(model, bf16, reference, rng, repeats):
+    """bfloat16 speed against PyTorch fp32, and the share of its tokens equal to fp32's."""
+    import torch
+
+    fixed = FIXED_20_TOKENS
+    pixels = rng.normal(size=(8, 3, 384, 384)).astype(np.float32)
+    full = model.generate(pixels, **fixed).numpy()[:, 1:]
+    half = bf16.generate(pixels, **fixed).numpy()[:, 1:]
+    single = pixels[:1]
+    bf16.generate(single, **fixed)
+    ours = best_time(lambda: bf16.generate(single, **fixed), repeats)
+
+    def run_torch():
+        with torch.no_grad():
+            reference.generate(pixel_values=torch.from_numpy(single), **fixed)
+
+    report(
+        "caption, batch 1, greedy, bfloat16",
+        ours,
+        best_time(run_torch, repeats),
+        f"   ({np.mean(full == half):.0%} of 8x20 greedy tokens equal to fp32)",
+    )
+
+
+BENCHMARKS = {
+    "processor": benchmark_processor,
+    "vision": benchmark_vision,
+    "generation": benchmark_generation,
+}
 
 
 def main():

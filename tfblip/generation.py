@@ -25,8 +25,12 @@ from tfblip.outputs import register_output
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
+# With neither max_length nor max_new_tokens set, transformers 5 generates this many new tokens
+# (its "model-agnostic default"), within the position embeddings.
+DEFAULT_NEW_TOKENS = 20
+
 DEFAULT_OPTIONS = {
-    "max_length": 20,
+    "max_length": None,
     "max_new_tokens": None,
     "min_length": 0,
     "min_new_tokens": None,
@@ -103,7 +107,7 @@ def _validate(o):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
-    positive_int("max_length")
+    positive_int("max_length", allow_none=True)
     positive_int("max_new_tokens", allow_none=True)
     positive_int("num_beams")
     positive_int("num_return_sequences")
@@ -556,13 +560,16 @@ def generate(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, t
     prompt_width = int(input_ids.shape[1])
     if o["max_new_tokens"] is not None:
         allowed = tf.fill(tf.shape(lengths), o["max_new_tokens"])
-    else:
+    elif o["max_length"] is not None:
         allowed = o["max_length"] - lengths
+    else:
+        room = text_config.max_position_embeddings - lengths
+        allowed = tf.minimum(DEFAULT_NEW_TOKENS, room)
     max_new = int(tf.reduce_max(allowed))
     if max_new < 1:
         raise ValueError(
-            f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) already reaches "
-            f"max_length={o['max_length']}; raise max_length or pass max_new_tokens."
+            f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) leaves no room to "
+            f"generate (max_length={o['max_length']}); raise max_length or pass max_new_tokens."
         )
     allowed = tf.maximum(allowed, 1)
 

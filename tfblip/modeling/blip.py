@@ -44,6 +44,18 @@ def all_ones_mask(states):
     return tf.ones(tf.shape(states)[:2], dtype=tf.int32)
 
 
+def graph_function(model, name, function, *variant):
+    """`function` as a tf.function, traced once per model and variant, then reused.
+
+    Stored outside Keras' attribute tracking, which would otherwise wrap the dict.
+    """
+    functions = model.__dict__.setdefault("_tfblip_graph_functions", {})
+    key = (name, *variant)
+    if key not in functions:
+        functions[key] = tf.function(function)
+    return functions[key]
+
+
 class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
     """Shared constructor plumbing: a BlipConfig and a vision tower named `vision_model`."""
 
@@ -218,9 +230,17 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
         attention_mask) decode as they would alone.
         """
         options = resolve_options(self.generation_defaults, options)
-        image_embeds = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        ).last_hidden_state
+        encode = graph_function(
+            self,
+            "encode_image",
+            lambda pixels: (
+                self.vision_model(
+                    pixel_values=pixels, interpolate_pos_encoding=interpolate_pos_encoding
+                ).last_hidden_state
+            ),
+            interpolate_pos_encoding,
+        )
+        image_embeds = encode(tf.convert_to_tensor(pixel_values, tf.float32))
         batch_size = tf.shape(image_embeds)[0]
         text_config = self.config.text_config
         if input_ids is None:
@@ -374,11 +394,16 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
         input_ids = tf.cast(input_ids, tf.int32)
         if attention_mask is None:
             attention_mask = tf.ones_like(input_ids)
-        _, question_embeds = self.encode_question(
-            input_ids,
-            pixel_values,
-            attention_mask=attention_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding,
+        encode = graph_function(
+            self,
+            "encode_question",
+            lambda ids, pixels, mask: self.encode_question(
+                ids, pixels, attention_mask=mask, interpolate_pos_encoding=interpolate_pos_encoding
+            )[1],
+            interpolate_pos_encoding,
+        )
+        question_embeds = encode(
+            input_ids, tf.convert_to_tensor(pixel_values, tf.float32), attention_mask
         )
         text_config = self.config.text_config
         bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
