@@ -249,6 +249,10 @@ class _Decoder:
         self.encoder_mask = encoder_mask
         self.attention_mask = attention_mask
         self.offsets = offsets
+        self.predictions = lm_head.cls.predictions
+        self.projection = self.predictions.decoding_projection(
+            lm_head.bert.embeddings.word_embeddings.embeddings
+        )
 
     def empty_cache(self, rows, length):
         config = self.lm_head.config
@@ -259,7 +263,7 @@ class _Decoder:
 
     def __call__(self, tokens, column, cache, with_encoder_states):
         positions = column + tf.range(tf.shape(tokens)[1])[None, :] - self.offsets[:, None]
-        outputs = self.lm_head(
+        outputs = self.lm_head.bert(
             input_ids=tokens,
             attention_mask=self.attention_mask,
             position_ids=tf.maximum(positions, 0),
@@ -270,7 +274,9 @@ class _Decoder:
             use_cache=True,
             is_decoder=True,
         )
-        return tf.cast(outputs.logits[:, -1], tf.float32), outputs.past_key_values
+        # Only the last position's logits are needed, also after the prompt.
+        logits = self.predictions.project(outputs.last_hidden_state[:, -1], *self.projection)
+        return tf.cast(logits, tf.float32), outputs.past_key_values
 
 
 def _stacked(scores_array, o):
