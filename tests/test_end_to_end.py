@@ -76,3 +76,27 @@ def test_processor_outputs_feed_every_task_model(checkpoint, tmp_path):
     processor.save_pretrained(tmp_path)
     again = tfblip.BlipProcessor.from_pretrained(tmp_path)(text=["a", "b c"], padding=True)
     assert again["input_ids"] == processor(text=["a", "b c"], padding=True)["input_ids"]
+
+
+def test_caption_text_matches_transformers(checkpoint):
+    directory, reference = checkpoint
+    processor = tfblip.BlipProcessor.from_pretrained(directory)
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(directory)
+    inputs = processor(images=photos(), text=["a photo of", "a"], padding=True, return_tensors="tf")
+    ids = model.generate(
+        inputs["pixel_values"],
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        max_new_tokens=6,
+        num_beams=2,
+    )
+    captions = processor.batch_decode(ids, skip_special_tokens=True)
+
+    reference_processor = transformers.BlipProcessor.from_pretrained(directory)
+    expected = []
+    for photo, text in zip(photos(), ["a photo of", "a"]):  # one by one: no padded prompts
+        single = reference_processor(images=photo, text=text, return_tensors="pt")
+        with torch.no_grad():
+            out = reference.generate(**single, max_new_tokens=6, num_beams=2)
+        expected += reference_processor.batch_decode(out, skip_special_tokens=True)
+    assert captions == expected

@@ -587,3 +587,14 @@ def test_generation_config_sets_defaults(short_caption, tmp_path):
     expected = torch_generate(reference, pixel_values=pixels, max_new_tokens=10, num_beams=2)
     assert expected.shape[1] == 11
     assert_same_ids(model.generate(pixels, max_new_tokens=10), expected, name="max_new_tokens")
+
+
+def test_repeated_calls_reuse_the_traced_loop(caption):
+    # One tf.function per decoding setup, traced once per input shape and then reused.
+    model, pixels = caption.model, images(caption, 2)
+    first = model.generate(pixels, max_new_tokens=5, num_beams=2)
+    functions = model.text_decoder.__dict__["_tfblip_generate_functions"]
+    traced = {key: f.experimental_get_tracing_count() for key, f in functions.items()}
+    second = model.generate(pixels, max_new_tokens=5, num_beams=2)
+    assert np.array_equal(first, second)
+    assert {key: f.experimental_get_tracing_count() for key, f in functions.items()} == traced
