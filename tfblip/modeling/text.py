@@ -154,11 +154,20 @@ class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
             elif past_key_value is not None:
                 key = tf.concat([past_key_value[0], key], axis=2)
                 value = tf.concat([past_key_value[1], value], axis=2)
-        scores = tf.matmul(query, key, transpose_b=True) / tf.cast(
-            tf.sqrt(float(self.head_dim)), query.dtype
-        )
+        scale = tf.cast(tf.sqrt(float(self.head_dim)), query.dtype)
+        single_query = query.shape[2] == 1
+        if single_query:
+            # One new token per step while decoding: a broadcast product and sum is much
+            # cheaper on CPU than oneDNN's batched matmul for such thin shapes.
+            scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :] / scale
+        else:
+            scores = tf.matmul(query, key, transpose_b=True) / scale
         probs = masked_softmax(scores, attention_mask)
-        context = tf.matmul(self.dropout(probs, training=training), value)
+        dropped = self.dropout(probs, training=training)
+        if single_query:
+            context = tf.reduce_sum(dropped[:, :, 0, :, None] * value, axis=2)[:, :, None, :]
+        else:
+            context = tf.matmul(dropped, value)
         batch_size = tf.shape(context)[0]
         context = tf.reshape(
             tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.num_heads * self.head_dim)
