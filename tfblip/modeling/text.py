@@ -81,6 +81,9 @@ def write_to_cache(cache, states, position):
     untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
     """
     length = tf.shape(cache)[2]
+    if states.shape[2] == 1:  # one decoding step: a single select
+        at_position = tf.equal(tf.range(length), position)[None, None, :, None]
+        return tf.where(at_position, states, cache)
     positions = position + tf.range(tf.shape(states)[2])
     one_hot = tf.one_hot(positions, length, dtype=cache.dtype)  # (T, L)
     written = tf.einsum("tl,bhtd->bhld", one_hot, states)
