@@ -338,17 +338,21 @@ def _greedy_or_sample(
     return {"sequences": sequences, "steps": step, "scores": _stacked(scores_array, o)}
 
 
+def _beam_fill(ids_cfg):
+    # transformers fills unwritten beam positions with `pad_token_id or eos_token_id`: a pad
+    # id of 0 counts as unset, so BLIP's beam outputs end in [SEP]s.
+    return ids_cfg["pad"] or ids_cfg["eos"]
+
+
 def _beam_search(decoder, ids, mask, lengths, allowed, prompt_width, max_new, o, ids_cfg):
-    eos, pad = ids_cfg["eos"], ids_cfg["pad"]
+    eos = ids_cfg["eos"]
     beams = o["num_beams"]
     keep = 2 * beams  # transformers: max(2, 1 + number of eos tokens) * num_beams
     rows = tf.shape(ids)[0]
     batch = rows // beams
     total = prompt_width + max_new
     length_penalty, early_stopping = o["length_penalty"], o["early_stopping"]
-    # transformers fills unwritten positions with `pad_token_id or eos_token_id`: a pad id of
-    # 0 counts as unset, so BLIP's beam outputs end in [SEP]s.
-    fill = pad if pad else eos
+    fill = _beam_fill(ids_cfg)
 
     def unflatten(x):
         return tf.reshape(x, tf.concat([[batch, beams], tf.shape(x)[1:]], 0))
@@ -601,7 +605,7 @@ def generate(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, t
     sequences = result["sequences"]
     if o["num_beams"] > 1:
         width = prompt_width + int(tf.reduce_max(result["generated"]))
-        fill = ids_cfg["pad"] if ids_cfg["pad"] else ids_cfg["eos"]
+        fill = _beam_fill(ids_cfg)
     else:
         width = prompt_width + steps
         fill = ids_cfg["pad"]
