@@ -363,3 +363,16 @@ def test_vqa_without_labels_or_decoder_inputs(caption_checkpoint):
     input_ids, _ = text_inputs()
     with pytest.raises(ValueError, match="labels .* or decoder_input_ids"):
         model(input_ids=input_ids, pixel_values=pixel_values())
+
+
+def test_generation_defaults_round_trip(caption_checkpoint, tmp_path):
+    _, directory = caption_checkpoint
+    broken = copy_checkpoint(directory, tmp_path / "with_defaults")
+    (broken / "generation_config.json").write_text(
+        json.dumps({"num_beams": 3, "max_length": 9, "transformers_version": "5"})
+    )
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(broken)
+    assert model.generation_defaults == {"num_beams": 3, "max_length": 9}
+    model.save_pretrained(tmp_path / "saved")
+    again = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    assert again.generation_defaults == {"num_beams": 3, "max_length": 9}

@@ -15,6 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from tfblip.configuration import CONFIG_NAME
+from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -429,8 +430,6 @@ class PretrainedMixin:
         model = cls(config, **kwargs)
         load_weights(model, open_checkpoint(path), checkpoint_name=path)
         if hasattr(model, "generation_defaults"):
-            from tfblip.generation import read_generation_config
-
             model.generation_defaults = read_generation_config(directory)
         return model
 
@@ -446,8 +445,6 @@ class PretrainedMixin:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
         if getattr(self, "generation_defaults", None):
-            from tfblip.generation import GENERATION_CONFIG_NAME
-
             with open(os.path.join(save_directory, GENERATION_CONFIG_NAME), "w") as f:
                 json.dump(dict(self.generation_defaults), f, indent=2, sort_keys=True)
         save_file(
