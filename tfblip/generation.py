@@ -482,30 +482,6 @@ def _beam_search(decoder, ids, mask, lengths, allowed, prompt_width, max_new, o,
     }
 
 
-def _run(
-    lm_head,
-    encoder_states,
-    encoder_mask,
-    ids,
-    mask,
-    offsets,
-    allowed,
-    prompt_width,
-    max_new,
-    o,
-    ids_cfg,
-    seed,
-):
-    lengths = tf.reduce_sum(mask, axis=1)
-    attention_mask = tf.concat([mask, tf.ones((tf.shape(mask)[0], max_new), tf.int32)], axis=1)
-    decoder = _Decoder(lm_head, encoder_states, encoder_mask, attention_mask, offsets)
-    if o["num_beams"] > 1:
-        return _beam_search(decoder, ids, mask, lengths, allowed, prompt_width, max_new, o, ids_cfg)
-    return _greedy_or_sample(
-        decoder, ids, mask, lengths, allowed, prompt_width, max_new, o, ids_cfg, seed
-    )
-
-
 _STATIC_KEYS = (
     "do_sample",
     "num_beams",
@@ -536,20 +512,14 @@ def _compiled(lm_head, o, prompt_width, max_new, ids_cfg):
     if key not in cache:
 
         def run(encoder_states, encoder_mask, ids, mask, offsets, allowed, seed):
-            return _run(
-                lm_head,
-                encoder_states,
-                encoder_mask,
-                ids,
-                mask,
-                offsets,
-                allowed,
-                prompt_width,
-                max_new,
-                o,
-                ids_cfg,
-                seed,
-            )
+            lengths = tf.reduce_sum(mask, axis=1)
+            new_columns = tf.ones((tf.shape(mask)[0], max_new), tf.int32)
+            attention_mask = tf.concat([mask, new_columns], axis=1)
+            decoder = _Decoder(lm_head, encoder_states, encoder_mask, attention_mask, offsets)
+            common = (decoder, ids, mask, lengths, allowed, prompt_width, max_new, o, ids_cfg)
+            if o["num_beams"] > 1:
+                return _beam_search(*common)
+            return _greedy_or_sample(*common, seed)
 
         cache[key] = tf.function(run, jit_compile=o["jit_compile"])
     return cache[key]
