@@ -184,7 +184,7 @@ def _token_presence(sequences, valid, vocab_size):
 
 def _banned_ngram_tokens(sequences, valid, end, n, vocab_size):
     """(N, V) True for tokens that would repeat an n-gram, given tokens before column `end`."""
-    length = sequences.shape[1]
+    length = tf.shape(sequences)[1]
     windows = tf.stack([sequences[:, k : length - n + 1 + k] for k in range(n)], axis=2)
     window_valid = tf.reduce_all(
         tf.stack([valid[:, k : length - n + 1 + k] for k in range(n)], axis=2), axis=2
@@ -482,6 +482,76 @@ def _beam_search(decoder, ids, mask, lengths, allowed, prompt_width, max_new, o,
     }
 
 
+def _allowed_new_tokens(lengths, o, max_positions):
+    """(N,) how many tokens each row may add: max_new_tokens, else max_length minus the prompt,
+    else transformers' default of 20 within the position embeddings."""
+    if o["max_new_tokens"] is not None:
+        return tf.fill(tf.shape(lengths), o["max_new_tokens"])
+    if o["max_length"] is not None:
+        return o["max_length"] - lengths
+    return tf.minimum(DEFAULT_NEW_TOKENS, max_positions - lengths)
+
+
+def decode(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, o, seed, max_new=None):
+    """The whole decoding after the encoders, as TensorFlow ops (traceable, no Python values).
+
+    `input_ids` (B, P) are prompts already starting with bos, without [SEP], right-padded
+    under `attention_mask`; `encoder_states` (B, S, D) are what the decoder cross-attends to,
+    `encoder_mask` (B, S) their mask; `seed` an int64 scalar for sampling. `max_new`: the
+    longest continuation as a Python int (static shapes, as XLA needs), or None to take it
+    from the data in the graph (SavedModel export). Returns a dict: "sequences" laid out as
+    transformers does (each row's prompt, its generated tokens, then padding; the columns
+    from "width" on are padding to cut), "steps", "scores" (steps, rows, vocab) when
+    output_scores, and "sequences_scores" for beam search.
+    """
+    text_config = lm_head.config
+    ids_cfg = {"eos": int(text_config.sep_token_id), "pad": int(text_config.pad_token_id or 0)}
+    ids, mask, offsets = align_right(
+        tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32), ids_cfg["pad"]
+    )
+    lengths = tf.reduce_sum(mask, axis=1)
+    allowed = _allowed_new_tokens(lengths, o, text_config.max_position_embeddings)
+    if max_new is None:
+        max_new = tf.reduce_max(allowed)
+        tf.debugging.assert_positive(
+            max_new, message="The prompt leaves no room to generate within max_length."
+        )
+    allowed = tf.maximum(allowed, 1)
+    prompt_width = tf.shape(ids)[1]
+
+    copies = o["num_beams"] if o["num_beams"] > 1 else o["num_return_sequences"]
+
+    def expand(x):
+        return tf.repeat(x, copies, axis=0)
+
+    mask = expand(mask)
+    new_columns = tf.ones((tf.shape(mask)[0], max_new), tf.int32)
+    decoder = _Decoder(
+        lm_head,
+        expand(tf.cast(encoder_states, lm_head.compute_dtype)),
+        expand(tf.cast(encoder_mask, tf.int32)),
+        tf.concat([mask, new_columns], axis=1),
+        expand(offsets),
+    )
+    common = (decoder, expand(ids), mask, expand(lengths), expand(allowed))
+    common += (prompt_width, max_new, o, ids_cfg)
+    if o["num_beams"] > 1:
+        result = _beam_search(*common)
+        result["width"] = prompt_width + tf.reduce_max(result["generated"])
+        fill = _beam_fill(ids_cfg)
+        returned = o["num_return_sequences"]
+    else:
+        result = _greedy_or_sample(*common, seed)
+        result["width"] = prompt_width + result["steps"]
+        fill = ids_cfg["pad"]
+        returned = copies
+    # Laid out at the full width, a static shape for XLA; callers cut it to "width".
+    result["sequences"] = _to_transformers_layout(
+        result["sequences"], tf.repeat(offsets, returned, axis=0), prompt_width + max_new, fill
+    )
+    return result
+
+
 _STATIC_KEYS = (
     "do_sample",
     "num_beams",
@@ -495,95 +565,52 @@ _STATIC_KEYS = (
     "num_return_sequences",
     "min_length",
     "min_new_tokens",
+    "max_length",
+    "max_new_tokens",
     "output_scores",
 )
 
 
-def _compiled(lm_head, o, prompt_width, max_new, ids_cfg):
+def _compiled(lm_head, o, max_new):
     """One tf.function per decoding setup, kept on the model so repeated calls reuse it."""
     cache = lm_head.__dict__.setdefault("_tfblip_generate_functions", {})
-    key = (
-        tuple(o[k] for k in _STATIC_KEYS),
-        o["jit_compile"],
-        prompt_width,
-        max_new,
-        tuple(sorted(ids_cfg.items())),
-    )
+    key = (tuple(o[k] for k in _STATIC_KEYS), o["jit_compile"], max_new)
     if key not in cache:
 
-        def run(encoder_states, encoder_mask, ids, mask, offsets, allowed, seed):
-            lengths = tf.reduce_sum(mask, axis=1)
-            new_columns = tf.ones((tf.shape(mask)[0], max_new), tf.int32)
-            attention_mask = tf.concat([mask, new_columns], axis=1)
-            decoder = _Decoder(lm_head, encoder_states, encoder_mask, attention_mask, offsets)
-            common = (decoder, ids, mask, lengths, allowed, prompt_width, max_new, o, ids_cfg)
-            if o["num_beams"] > 1:
-                return _beam_search(*common)
-            return _greedy_or_sample(*common, seed)
+        def run(encoder_states, encoder_mask, input_ids, attention_mask, seed):
+            return decode(
+                lm_head, encoder_states, encoder_mask, input_ids, attention_mask, o, seed, max_new
+            )
 
         cache[key] = tf.function(run, jit_compile=o["jit_compile"])
     return cache[key]
 
 
-def generate(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, text_config, o):
-    """Decodes from prompts `input_ids` (B, P) (already starting with bos, without [SEP]).
-
-    `encoder_states` (B, S, D) are what the decoder cross-attends to, `encoder_mask` (B, S)
-    their mask. Returns int32 ids (B * sequences per input, length) laid out as transformers
-    does: each row's prompt, its generated tokens, then padding.
-    """
-    ids_cfg = {"eos": int(text_config.sep_token_id), "pad": int(text_config.pad_token_id or 0)}
-    input_ids = tf.cast(input_ids, tf.int32)
-    mask = tf.cast(attention_mask, tf.int32)
-    ids, mask, offsets = align_right(input_ids, mask, ids_cfg["pad"])
-    lengths = tf.reduce_sum(mask, axis=1)
-    prompt_width = int(input_ids.shape[1])
-    if o["max_new_tokens"] is not None:
-        allowed = tf.fill(tf.shape(lengths), o["max_new_tokens"])
-    elif o["max_length"] is not None:
-        allowed = o["max_length"] - lengths
-    else:
-        room = text_config.max_position_embeddings - lengths
-        allowed = tf.minimum(DEFAULT_NEW_TOKENS, room)
+def generate(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, o):
+    """`decode` run eagerly: checks the prompt leaves room, picks a seed, returns what
+    transformers' generate returns (ids, or a GenerateOutput with return_dict_in_generate)."""
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    allowed = _allowed_new_tokens(lengths, o, lm_head.config.max_position_embeddings)
     max_new = int(tf.reduce_max(allowed))
     if max_new < 1:
         raise ValueError(
             f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) leaves no room to "
             f"generate (max_length={o['max_length']}); raise max_length or pass max_new_tokens."
         )
-    allowed = tf.maximum(allowed, 1)
-
-    copies = o["num_beams"] if o["num_beams"] > 1 else o["num_return_sequences"]
-
-    def expand(x):
-        return tf.repeat(x, copies, axis=0)
-
     seed = o["seed"] if o["seed"] is not None else int(np.random.randint(0, 2**31 - 1))
-    function = _compiled(lm_head, o, prompt_width, max_new, ids_cfg)
-    result = function(
-        expand(tf.cast(encoder_states, lm_head.compute_dtype)),
-        expand(tf.cast(encoder_mask, tf.int32)),
-        expand(ids),
-        expand(mask),
-        expand(offsets),
-        expand(allowed),
+    result = _compiled(lm_head, o, max_new)(
+        encoder_states,
+        encoder_mask,
+        tf.cast(input_ids, tf.int32),
+        tf.cast(attention_mask, tf.int32),
         tf.constant(seed, tf.int64),
     )
-    steps = int(result["steps"])
-    returned = o["num_return_sequences"] if o["num_beams"] > 1 else copies
-    offsets = tf.repeat(offsets, returned, axis=0)
-    sequences = result["sequences"]
-    if o["num_beams"] > 1:
-        width = prompt_width + int(tf.reduce_max(result["generated"]))
-        fill = _beam_fill(ids_cfg)
-    else:
-        width = prompt_width + steps
-        fill = ids_cfg["pad"]
-    sequences = _to_transformers_layout(sequences, offsets, width, fill)
+    sequences = result["sequences"][:, : int(result["width"])]
     if not o["return_dict_in_generate"]:
         return sequences
     scores = None
     if o["output_scores"]:
+        steps = int(result["steps"])
         scores = tuple(tf.unstack(result["scores"][:steps], num=steps))
     return GenerateOutput(
         sequences=sequences,

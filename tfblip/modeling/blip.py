@@ -241,7 +241,21 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
             interpolate_pos_encoding,
         )
         image_embeds = encode(tf.convert_to_tensor(pixel_values, tf.float32))
-        batch_size = tf.shape(image_embeds)[0]
+        prompt_ids, prompt_mask = self.decoder_prompt(
+            tf.shape(image_embeds)[0], input_ids, attention_mask
+        )
+        return generate(
+            self.text_decoder,
+            image_embeds,
+            all_ones_mask(image_embeds),
+            prompt_ids,
+            prompt_mask,
+            options,
+        )
+
+    def decoder_prompt(self, batch_size, input_ids=None, attention_mask=None):
+        """(ids, mask) decoding starts from: the prompt with bos for its first token and
+        without its last one, or bos alone. Graph ops only (the SavedModel export uses it)."""
         text_config = self.config.text_config
         if input_ids is None:
             input_ids = tf.tile(
@@ -253,16 +267,7 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
         input_ids = tf.concat(
             [tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id), input_ids[:, 1:]], 1
         )
-        prompt_ids, prompt_mask = drop_last_token(input_ids, attention_mask)
-        return generate(
-            self.text_decoder,
-            image_embeds,
-            all_ones_mask(image_embeds),
-            prompt_ids,
-            prompt_mask,
-            text_config,
-            options,
-        )
+        return drop_last_token(input_ids, attention_mask)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -413,7 +418,6 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
             attention_mask,
             bos_ids,
             tf.ones_like(bos_ids),
-            text_config,
             options,
         )
 
@@ -443,6 +447,27 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         self.text_proj.build((None, self.config.text_config.hidden_size))
         self.itm_head.build((None, self.config.text_config.hidden_size))
 
+    def image_text_matching(self, image_embeds, input_ids, attention_mask=None, training=False):
+        """(B, 2) ITM logits (no match, match) of each text with its image's states, and the
+        text encoder's states."""
+        question_embeds = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=all_ones_mask(image_embeds),
+            training=training,
+        ).last_hidden_state
+        return self.itm_head(question_embeds[:, 0, :]), question_embeds
+
+    def contrastive_features(self, image_embeds, input_ids, attention_mask=None, training=False):
+        """L2-normalized ITC features (image (B, E), text (B, E)) and the text encoder's states."""
+        question_embeds = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, training=training
+        ).last_hidden_state
+        image_feat = l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
+        text_feat = l2_normalize(self.text_proj(question_embeds[:, 0, :]))
+        return image_feat, text_feat, question_embeds
+
     def call(
         self,
         input_ids=None,
@@ -465,20 +490,13 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         )
         image_embeds = vision_outputs.last_hidden_state
         if use_itm_head:
-            question_embeds = self.text_encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=all_ones_mask(image_embeds),
-                training=training,
-            ).last_hidden_state
-            score = self.itm_head(question_embeds[:, 0, :])
+            score, question_embeds = self.image_text_matching(
+                image_embeds, input_ids, attention_mask, training=training
+            )
         else:
-            question_embeds = self.text_encoder(
-                input_ids=input_ids, attention_mask=attention_mask, training=training
-            ).last_hidden_state
-            image_feat = l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
-            text_feat = l2_normalize(self.text_proj(question_embeds[:, 0, :]))
+            image_feat, text_feat, question_embeds = self.contrastive_features(
+                image_embeds, input_ids, attention_mask, training=training
+            )
             score = tf.matmul(image_feat, text_feat, transpose_b=True)
         return BlipImageTextMatchingModelOutput(
             itm_score=score,
