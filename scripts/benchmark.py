@@ -1,7 +1,7 @@
 """tfblip against transformers' PyTorch BLIP, timed side by side in the same run.
 
     python scripts/benchmark.py                      # every benchmark
-    python scripts/benchmark.py --only generation    # one of: processor, vision, generation
+    python scripts/benchmark.py --only generation    # processor, vision, generation, saved_model
 
 Each benchmark runs the same work through tfblip and through transformers on the same inputs
 and prints the ratio tfblip / PyTorch of the best time over --repeats runs (below 1.0 means
@@ -17,6 +17,10 @@ tfblip is faster). Absolute times on a shared machine are noise; the ratios are 
   "bfloat16" policy: bf16 weights, LayerNorm statistics and softmax in float32) against
   PyTorch fp32, with the share of greedy tokens that agree with tfblip fp32. First-call
   (trace/compile) times are printed beside.
+- saved_model: the caption export (`tfblip.export_saved_model`) loaded with
+  `tf.saved_model.load` and run in graph mode without XLA, as stock TF Serving runs it, on JPEG
+  bytes (decoding, preprocessing, 20 greedy tokens, detokenizing) against transformers doing
+  the same work from the same bytes.
 """
 
 import argparse
@@ -227,10 +231,83 @@ def bf16_agreement(model, bf16, reference, rng, repeats):
         report("caption, batch 1, greedy, bfloat16" + suffix, ours, theirs, agreement)
 
 
+def write_processor_files(directory):
+    """A BERT-layout vocabulary (30522 entries, then [DEC] and [ENC] as BLIP adds them) and
+    BLIP's tokenizer and image-processor configs, so the checkpoint loads with a processor."""
+    import json
+
+    import tfblip
+
+    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)]
+    vocab += ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += [f"word{i}" for i in range(30522 - len(vocab))]
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    special = {"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]}
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "model_max_length": 512, **special}, f)
+    with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
+        json.dump(special, f)
+    tfblip.BlipImageProcessor().save_pretrained(directory)
+
+
+def benchmark_saved_model(repeats):
+    """The exported caption SavedModel (graph mode, no XLA, as stock TF Serving runs it) on
+    JPEG bytes, against transformers decoding the JPEG, preprocessing, generating and
+    detokenizing; batch 1, greedy, 20 new tokens."""
+    import io
+
+    import tensorflow as tf
+    import torch
+    import transformers
+    from PIL import Image
+
+    import tfblip
+
+    buffer = io.BytesIO()
+    sample_photos(1)[0].resize((640, 480)).save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    with tempfile.TemporaryDirectory() as directory:
+        reference, model = base_captioning_pair(directory)
+        write_processor_files(directory)
+        processor = tfblip.BlipProcessor.from_pretrained(directory)
+        reference_processor = transformers.BlipProcessor.from_pretrained(directory)
+        export_dir = os.path.join(directory, "saved_model", "1")
+        start = time.perf_counter()
+        tfblip.export_saved_model(model, processor, export_dir, **FIXED_20_TOKENS)
+        export_time = time.perf_counter() - start
+        start = time.perf_counter()
+        serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+        images = tf.constant([jpeg])
+        first_caption = serve(image_bytes=images)["caption"].numpy()
+        first_call = time.perf_counter() - start
+
+    def run_saved_model():
+        serve(image_bytes=images)["caption"].numpy()
+
+    def run_torch():
+        image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        inputs = reference_processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            ids = reference.generate(pixel_values=inputs["pixel_values"], **FIXED_20_TOKENS)
+        reference_processor.batch_decode(ids, skip_special_tokens=True)
+
+    ours = best_time(run_saved_model, repeats)
+    theirs = best_time(run_torch, repeats)
+    assert first_caption.shape == (1,)
+    return report(
+        "SavedModel caption, JPEG, batch 1, greedy",
+        ours,
+        theirs,
+        f"   (export {export_time:.0f} s, load + first call {first_call:.1f} s)",
+    )
+
+
 BENCHMARKS = {
     "processor": benchmark_processor,
     "vision": benchmark_vision,
     "generation": benchmark_generation,
+    "saved_model": benchmark_saved_model,
 }
 
 

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from tfblip.checkpoint import CheckpointError
 from tfblip.configuration import BlipConfig, BlipTextConfig, BlipVisionConfig
+from tfblip.export.saved_model import export_saved_model
 from tfblip.image_processing import BlipImageProcessor
 from tfblip.modeling.blip import (
     TFBlipForConditionalGeneration,
@@ -29,4 +30,5 @@ __all__ = [
     "TFBlipTextLMHeadModel",
     "TFBlipTextModel",
     "TFBlipVisionModel",
+    "export_saved_model",
 ]

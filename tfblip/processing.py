@@ -573,19 +573,23 @@ class BlipProcessor:
         )
 
 
+# transformers' clean_up_tokenization: spaces before punctuation and contractions, in order.
+CLEAN_UP_REPLACEMENTS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
+
+
 def _clean_up_tokenization(text):
     """transformers' clean_up_tokenization: drop spaces before punctuation and contractions."""
-    for old, new in (
-        (" .", "."),
-        (" ?", "?"),
-        (" !", "!"),
-        (" ,", ","),
-        (" ' ", "'"),
-        (" n't", "n't"),
-        (" 'm", "'m"),
-        (" 's", "'s"),
-        (" 've", "'ve"),
-        (" 're", "'re"),
-    ):
+    for old, new in CLEAN_UP_REPLACEMENTS:
         text = text.replace(old, new)
     return text

@@ -1,0 +1,7 @@
+"""`python -m tfblip`: the tfblip command."""
+
+import sys
+
+from tfblip.cli import main
+
+sys.exit(main())

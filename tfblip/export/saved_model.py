@@ -1,0 +1,374 @@
+"""`export_saved_model`: a BLIP task model as a SavedModel that stock TF Serving runs.
+
+Clients send encoded images and strings; the graph decodes and preprocesses the images
+(`image_ops`), tokenizes and detokenizes text (`text_ops`) and generates with the same
+decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow ops: no
+XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
+time. Each signature also has a `*_from_pixels` variant for clients that preprocess
+themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask int32 instead
+of strings).
+"""
+
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from tfblip.export.image_ops import preprocess_image_bytes
+from tfblip.export.text_ops import GraphTokenizer
+from tfblip.export.warmup import write_warmup_requests
+from tfblip.generation import decode, resolve_options
+from tfblip.modeling.blip import (
+    TFBlipForConditionalGeneration,
+    TFBlipForImageTextRetrieval,
+    TFBlipForQuestionAnswering,
+    TFBlipModel,
+    all_ones_mask,
+)
+
+TASKS = {
+    "caption": TFBlipForConditionalGeneration,
+    "vqa": TFBlipForQuestionAnswering,
+    "retrieval": TFBlipForImageTextRetrieval,
+    "features": TFBlipModel,
+}
+GENERATING_TASKS = ("caption", "vqa")
+EXPORT_INFO_FILE = "tfblip_export.json"
+
+# Options that change what a signature returns, or need XLA, cannot be baked into an export.
+_UNEXPORTABLE_OPTIONS = {
+    "output_scores": "signatures return token ids and text, not scores",
+    "return_dict_in_generate": "signatures always return a dict of named outputs",
+    "jit_compile": "stock TF Serving runs without XLA",
+}
+
+
+def task_of(model):
+    """The export task of a model instance ("caption", "vqa", "retrieval" or "features")."""
+    for task, model_class in TASKS.items():
+        if type(model) is model_class:
+            return task
+    raise TypeError(
+        f"Cannot export a {type(model).__name__}; export one of "
+        f"{', '.join(c.__name__ for c in TASKS.values())}."
+    )
+
+
+def _check_inputs(model, processor, task):
+    if task is not None and task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
+    model_task = task_of(model)
+    if task is not None and task != model_task:
+        raise ValueError(
+            f"Task {task!r} needs a {TASKS[task].__name__}, got a {type(model).__name__} "
+            f"(task {model_task!r})."
+        )
+    if processor.image_processor is None or processor.tokenizer is None:
+        raise ValueError("The processor needs both an image processor and a tokenizer.")
+    size = processor.image_processor.size
+    image_size = model.config.vision_config.image_size
+    if (size["height"], size["width"]) != (image_size, image_size):
+        raise ValueError(
+            f"The processor resizes images to {size['height']}x{size['width']} but the model "
+            f"takes {image_size}x{image_size}; use the processor saved with the checkpoint."
+        )
+    text_config = model.config.text_config
+    if processor.tokenizer.get_vocab_size() > text_config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {processor.tokenizer.get_vocab_size()} tokens but the model's "
+            f"vocabulary only {text_config.vocab_size}: they do not belong together."
+        )
+    return model_task
+
+
+def _generation_options(model, task, generation_options):
+    if task not in GENERATING_TASKS:
+        if generation_options:
+            raise ValueError(
+                f"Generation options {sorted(generation_options)} apply to the caption and vqa "
+                f"tasks only, not {task!r}."
+            )
+        return None
+    for name, why in _UNEXPORTABLE_OPTIONS.items():
+        if generation_options.get(name):
+            raise ValueError(f"{name}=True cannot be exported: {why}.")
+    options = resolve_options(model.generation_defaults, generation_options)
+    if options["num_return_sequences"] != 1:
+        raise ValueError(
+            "num_return_sequences must be 1 in an export: each signature returns one text per "
+            "input."
+        )
+    return options
+
+
+class _ServingModule(tf.Module):
+    """Holds the model, the in-graph tokenizer and the signature functions."""
+
+    def __init__(self, model, processor, task, options, max_text_length):
+        super().__init__(name="tfblip_serving")
+        self.model = model
+        self.task = task
+        self.options = options
+        self._image_processor = processor.image_processor
+        self.tokenizer = GraphTokenizer(processor, max_length=max_text_length)
+        image_size = model.config.vision_config.image_size
+        self._pixel_spec = tf.TensorSpec(
+            [None, 3, image_size, image_size], tf.float32, name="pixel_values"
+        )
+
+    # -------------------------------------------------------------- building blocks
+
+    def _pixels(self, image_bytes):
+        return preprocess_image_bytes(image_bytes, self._image_processor)
+
+    def _image_states(self, pixel_values):
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def _seed(self):
+        if self.options["seed"] is not None:
+            return tf.constant(self.options["seed"], tf.int64)
+        # Sampling without a fixed seed: a fresh one per request, as generate() does per call.
+        return tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
+
+    def _generate(self, encoder_states, encoder_mask, prompt_ids, prompt_mask, text_key):
+        result = decode(
+            self.model.text_decoder,
+            encoder_states,
+            encoder_mask,
+            prompt_ids,
+            prompt_mask,
+            self.options,
+            self._seed(),
+        )
+        token_ids = result["sequences"][:, : result["width"]]
+        return {text_key: self.tokenizer.detokenize(token_ids), "token_ids": token_ids}
+
+    @staticmethod
+    def _same_batch(pixel_values, input_ids):
+        tf.debugging.assert_equal(
+            tf.shape(pixel_values)[0],
+            tf.shape(input_ids)[0],
+            message="Each image needs one text: the batch sizes of the inputs differ.",
+        )
+
+    # -------------------------------------------------------------- caption
+
+    def caption_from_pixels(self, pixel_values):
+        states = self._image_states(pixel_values)
+        ids, mask = self.model.decoder_prompt(tf.shape(states)[0])
+        return self._generate(states, all_ones_mask(states), ids, mask, "caption")
+
+    def caption_with_prompt_from_pixels(self, pixel_values, input_ids, attention_mask):
+        self._same_batch(pixel_values, input_ids)
+        states = self._image_states(pixel_values)
+        ids, mask = self.model.decoder_prompt(tf.shape(states)[0], input_ids, attention_mask)
+        return self._generate(states, all_ones_mask(states), ids, mask, "caption")
+
+    def caption(self, image_bytes):
+        return self.caption_from_pixels(self._pixels(image_bytes))
+
+    def caption_with_prompt(self, image_bytes, prompt):
+        input_ids, attention_mask = self.tokenizer.tokenize(prompt)
+        return self.caption_with_prompt_from_pixels(
+            self._pixels(image_bytes), input_ids, attention_mask
+        )
+
+    # -------------------------------------------------------------- vqa
+
+    def vqa_from_pixels(self, pixel_values, input_ids, attention_mask):
+        self._same_batch(pixel_values, input_ids)
+        _, question_states = self.model.encode_question(
+            input_ids, pixel_values, attention_mask=attention_mask
+        )
+        bos = tf.fill((tf.shape(input_ids)[0], 1), self.model.config.text_config.bos_token_id)
+        return self._generate(question_states, attention_mask, bos, tf.ones_like(bos), "answer")
+
+    def vqa(self, image_bytes, question):
+        input_ids, attention_mask = self.tokenizer.tokenize(question)
+        return self.vqa_from_pixels(self._pixels(image_bytes), input_ids, attention_mask)
+
+    # -------------------------------------------------------------- retrieval
+
+    def retrieval_from_pixels(self, pixel_values, input_ids, attention_mask):
+        self._same_batch(pixel_values, input_ids)
+        states = self._image_states(pixel_values)
+        itm_logits, _ = self.model.image_text_matching(states, input_ids, attention_mask)
+        image_feat, text_feat, _ = self.model.contrastive_features(
+            states, input_ids, attention_mask
+        )
+        return {
+            "itm_probability": tf.nn.softmax(tf.cast(itm_logits, tf.float32), axis=-1)[:, 1],
+            "itc_similarity": tf.cast(tf.reduce_sum(image_feat * text_feat, axis=-1), tf.float32),
+        }
+
+    def retrieval(self, image_bytes, text):
+        input_ids, attention_mask = self.tokenizer.tokenize(text)
+        return self.retrieval_from_pixels(self._pixels(image_bytes), input_ids, attention_mask)
+
+    # -------------------------------------------------------------- features
+
+    def image_embeds_from_pixels(self, pixel_values):
+        embeds = self.model.get_image_features(pixel_values=pixel_values)
+        return {"image_embeds": tf.cast(embeds, tf.float32)}
+
+    def text_embeds_from_ids(self, input_ids, attention_mask):
+        embeds = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return {"text_embeds": tf.cast(embeds, tf.float32)}
+
+    def image_embeds(self, image_bytes):
+        return self.image_embeds_from_pixels(self._pixels(image_bytes))
+
+    def text_embeds(self, text):
+        return self.text_embeds_from_ids(*self.tokenizer.tokenize(text))
+
+    # -------------------------------------------------------------- signatures
+
+    def signatures(self):
+        """{signature name: concrete function} for this task; `serving_default` first."""
+        images = tf.TensorSpec([None], tf.string, name="image_bytes")
+        ids = tf.TensorSpec([None, None], tf.int32, name="input_ids")
+        mask = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
+        pixels = self._pixel_spec
+
+        def strings(name):
+            return tf.TensorSpec([None], tf.string, name=name)
+
+        table = {
+            "caption": {
+                "serving_default": (self.caption, [images]),
+                "caption_with_prompt": (self.caption_with_prompt, [images, strings("prompt")]),
+                "caption_from_pixels": (self.caption_from_pixels, [pixels]),
+                "caption_with_prompt_from_pixels": (
+                    self.caption_with_prompt_from_pixels,
+                    [pixels, ids, mask],
+                ),
+            },
+            "vqa": {
+                "serving_default": (self.vqa, [images, strings("question")]),
+                "vqa_from_pixels": (self.vqa_from_pixels, [pixels, ids, mask]),
+            },
+            "retrieval": {
+                "serving_default": (self.retrieval, [images, strings("text")]),
+                "retrieval_from_pixels": (self.retrieval_from_pixels, [pixels, ids, mask]),
+            },
+            "features": {
+                "serving_default": (self.image_embeds, [images]),
+                "image_embeds": (self.image_embeds, [images]),
+                "text_embeds": (self.text_embeds, [strings("text")]),
+                "image_embeds_from_pixels": (self.image_embeds_from_pixels, [pixels]),
+                "text_embeds_from_ids": (self.text_embeds_from_ids, [ids, mask]),
+            },
+        }[self.task]
+        functions = {}
+        for name, (method, specs) in table.items():
+            # One tf.function per method, shared by the signatures that name it.
+            function = functions.get(method.__name__)
+            if function is None:
+                function = tf.function(method, input_signature=specs, jit_compile=False)
+                functions[method.__name__] = function
+                setattr(self, f"_{method.__name__}_function", function)
+            table[name] = function.get_concrete_function()
+        return table
+
+
+def _warmup_requests(image_processor, signatures):
+    """One small request per signature, so TF Serving builds every graph at load time."""
+    size = image_processor.size
+    gradient = np.linspace(0, 255, 64 * 48 * 3).reshape(48, 64, 3).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).save(buffer, format="JPEG")
+    image_bytes = np.array([buffer.getvalue()], dtype=object)
+    pixels = np.zeros((1, 3, size["height"], size["width"]), np.float32)
+    ids = np.array([[0, 0]], np.int32)  # any ids: warming up needs shapes, not meaning
+    mask = np.ones_like(ids)
+    text = np.array([b"a picture of"], dtype=object)
+    inputs_by_name = {
+        "image_bytes": image_bytes,
+        "pixel_values": pixels,
+        "input_ids": ids,
+        "attention_mask": mask,
+        "prompt": text,
+        "question": np.array([b"what is in the picture?"], dtype=object),
+        "text": text,
+    }
+    requests = []
+    for name, function in signatures.items():
+        specs = function.structured_input_signature[0]
+        requests.append((name, {spec.name: inputs_by_name[spec.name] for spec in specs}))
+    return requests
+
+
+def export_saved_model(
+    model,
+    processor,
+    export_dir,
+    *,
+    task=None,
+    max_text_length=None,
+    warmup=True,
+    overwrite=False,
+    **generation_options,
+):
+    """Writes `model` as a TF Serving SavedModel in `export_dir` (e.g. saved_models/NAME/1).
+
+    Args:
+        model: a TFBlipForConditionalGeneration (task "caption"), TFBlipForQuestionAnswering
+            ("vqa"), TFBlipForImageTextRetrieval ("retrieval") or TFBlipModel ("features").
+        processor: the checkpoint's BlipProcessor; its image options and vocabulary go into
+            the graph.
+        task: optional, checked against the model's class.
+        max_text_length: longest tokenized text (with [CLS] and [SEP]); longer prompts,
+            questions and texts are truncated. Default: the processor's model_max_length, at
+            most the model's max_position_embeddings.
+        warmup: write assets.extra/tf_serving_warmup_requests (one request per signature).
+        overwrite: replace an existing non-empty `export_dir` (otherwise an error).
+        **generation_options: generate() options fixed into the caption / vqa graphs
+            (num_beams, max_new_tokens, ...); defaults as generate(), from the checkpoint's
+            generation_config.json.
+
+    Returns the export directory. Signatures are listed in the README ("Export for TF
+    Serving").
+    """
+    task = _check_inputs(model, processor, task)
+    options = _generation_options(model, task, generation_options)
+    export_dir = os.fspath(export_dir)
+    if os.path.isfile(export_dir):
+        raise FileExistsError(f"{export_dir!r} is a file, not a directory.")
+    if os.path.isdir(export_dir) and os.listdir(export_dir):
+        if not overwrite:
+            raise FileExistsError(
+                f"{export_dir!r} exists and is not empty; pass overwrite=True to replace it."
+            )
+        shutil.rmtree(export_dir)
+    if max_text_length is None:
+        max_text_length = model.config.text_config.max_position_embeddings
+        if processor.model_max_length is not None:
+            max_text_length = min(max_text_length, processor.model_max_length)
+
+    module = _ServingModule(model, processor, task, options, max_text_length)
+    signatures = module.signatures()
+    with tempfile.TemporaryDirectory() as staging:
+        # The processor and model config travel with the export, so it documents itself.
+        processor.save_pretrained(staging)
+        model.config.save_pretrained(staging)
+        info = {
+            "task": task,
+            "generation_options": options,
+            "max_text_length": max_text_length,
+            "signatures": sorted(signatures),
+        }
+        with open(os.path.join(staging, EXPORT_INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+        module.assets = [
+            tf.saved_model.Asset(os.path.join(staging, name))
+            for name in sorted(os.listdir(staging))
+        ]
+        tf.saved_model.save(module, export_dir, signatures=signatures)
+    if warmup:
+        write_warmup_requests(export_dir, _warmup_requests(processor.image_processor, signatures))
+    return export_dir
