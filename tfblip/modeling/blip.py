@@ -1,5 +1,7 @@
 """BLIP task models: features (TFBlipModel), captioning, VQA and image-text retrieval."""
 
+from collections.abc import Mapping
+
 import keras
 import tensorflow as tf
 
@@ -15,6 +17,9 @@ from tfblip.outputs import (
     BlipOutput,
     BlipTextVisionModelOutput,
 )
+
+# BLIP's initial contrastive temperature, for ITC fine-tuning of the retrieval model.
+ITC_TEMPERATURE = 0.07
 
 
 def l2_normalize(x):
@@ -72,6 +77,79 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
 
     def build(self, input_shape=None):
         """Every sublayer builds itself from the config when constructed."""
+
+    def __call__(self, *args, **kwargs):
+        # Keras' fit/evaluate/predict pass a batch's input dict as the only positional
+        # argument; the models take keyword inputs, as transformers' do.
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            kwargs = {**args[0], **kwargs}
+            args = ()
+        return super().__call__(*args, **kwargs)
+
+    # ------------------------------------------------------------------ training with fit()
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a distribution strategy Keras builds the model from the first batch, reduced
+        # across replicas; MultiWorkerMirroredStrategy cannot reduce a dict of inputs. These
+        # models build their weights when constructed, so only the optimizer is left.
+        if self._distribute_strategy is None or self._compile_metrics is not None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        with self.distribute_strategy.scope():
+            if self.optimizer is not None and not self.optimizer.built:
+                self.optimizer.build(self.trainable_variables)
+            self._post_build()
+
+    def train_step(self, data):
+        return self._reducible_across_workers(super().train_step(data))
+
+    def test_step(self, data):
+        return self._reducible_across_workers(super().test_step(data))
+
+    def _reducible_across_workers(self, logs):
+        # Keras 3 averages each replica's logs with strategy.reduce(axis=0), which fails on
+        # scalars under a multi-worker strategy (keras-team/keras#20585): give them an axis.
+        strategy = self._distribute_strategy
+        if not (
+            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()
+        ):
+            return logs
+        return {name: tf.reshape(value, [-1]) for name, value in logs.items()}
+
+    def default_loss(self, x, y_pred):
+        """The loss fit() uses when the forward pass computed none."""
+        raise ValueError(
+            f"{type(self).__name__} computes its training loss from `labels` in the input dict "
+            "(see tfblip.data for datasets that provide them); this batch has none."
+        )
+
+    def loss_count(self, x):
+        """How many terms the model's mean loss averages over, for this replica's batch."""
+        labels = tf.convert_to_tensor(x["labels"])
+        return tf.reduce_sum(tf.cast(labels[:, 1:] != IGNORE_INDEX, tf.float32))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """fit()/evaluate() loss: the model's own (`labels` in the input dict), no compile loss.
+
+        Under a tf.distribute strategy the mean is taken over the global batch (each replica
+        divides its sum by the count over all replicas), so training on several devices gives
+        the losses and updates of one device on the whole batch.
+        """
+        if self._compile_loss is not None:
+            raise ValueError(
+                f"{type(self).__name__} computes its own loss; call compile() without `loss`."
+            )
+        loss = y_pred.get("loss") if isinstance(y_pred, Mapping) else None
+        if loss is None:
+            loss = self.default_loss(x, y_pred)
+        loss = tf.cast(loss, tf.float32)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            count = tf.cast(self.loss_count(x), tf.float32)
+            loss = tf.math.divide_no_nan(loss * count, replica.all_reduce("sum", count))
+        for extra in self.losses:
+            loss += self._aggregate_additional_loss(extra)
+        return loss
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -156,6 +234,13 @@ class TFBlipModel(_BlipTaskModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
+
+    def default_loss(self, x, y_pred):
+        # fit() on image-text pairs trains the contrastive objective (return_loss=True).
+        return image_text_contrastive_loss(y_pred["logits_per_text"])
+
+    def loss_count(self, x):
+        return tf.cast(tf.shape(x["input_ids"])[0], tf.float32)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -440,6 +525,9 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         )
         self.text_proj = dense(config.image_text_hidden_size, "text_proj", init, self.dtype_policy)
         self.itm_head = dense(2, "itm_head", init, self.dtype_policy)
+        # What a call without use_itm_head computes, and so what fit() trains: "itm" (match
+        # logits; labels 1 = match, 0 = no match) or "itc" (the contrastive similarities).
+        self.objective = "itm"
         self.build()
 
     def build(self, input_shape=None):
@@ -472,15 +560,24 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         self,
         input_ids=None,
         pixel_values=None,
-        use_itm_head=True,
+        use_itm_head=None,
         attention_mask=None,
+        labels=None,
         interpolate_pos_encoding=False,
         output_attentions=False,
         output_hidden_states=False,
         training=False,
     ):
+        """`use_itm_head`: ITM logits (B, 2), or the ITC similarity matrix (B, B) when False;
+        None follows `self.objective`. `labels` (B,) of 0/1 give the ITM cross-entropy loss."""
         if input_ids is None:
             raise ValueError("TFBlipForImageTextRetrieval needs input_ids (the text tokens).")
+        if use_itm_head is None:
+            if self.objective not in ("itm", "itc"):
+                raise ValueError(f"objective must be 'itm' or 'itc', got {self.objective!r}.")
+            use_itm_head = self.objective == "itm"
+        if labels is not None and not use_itm_head:
+            raise ValueError("labels are ITM match labels; they need use_itm_head=True.")
         vision_outputs = self.vision_model(
             pixel_values=pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
@@ -498,10 +595,28 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
                 image_embeds, input_ids, attention_mask, training=training
             )
             score = tf.matmul(image_feat, text_feat, transpose_b=True)
+        loss = None
+        if labels is not None:
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=tf.cast(labels, tf.int32), logits=tf.cast(score, tf.float32)
+                )
+            )
         return BlipImageTextMatchingModelOutput(
+            loss=loss,
             itm_score=score,
             last_hidden_state=vision_outputs.last_hidden_state,
             hidden_states=vision_outputs.hidden_states,
             attentions=vision_outputs.attentions,
             question_embeds=question_embeds,
         )
+
+    def default_loss(self, x, y_pred):
+        if self.objective == "itm":
+            return super().default_loss(x, y_pred)
+        # Image-text contrastive loss over the similarities, sharpened with BLIP's initial
+        # temperature (0.07): transformers' retrieval checkpoints carry no learned one.
+        return image_text_contrastive_loss(y_pred["itm_score"] / ITC_TEMPERATURE)
+
+    def loss_count(self, x):
+        return tf.cast(tf.shape(x["input_ids"])[0], tf.float32)
