@@ -13,34 +13,16 @@ import os
 import sys
 
 import numpy as np
+from reference import TEXT_CONFIG, tiny_config_kwargs
 
 STEPS = 3
 GLOBAL_BATCH = 8
-TEXT = {
-    "vocab_size": 99,
-    "hidden_size": 32,
-    "intermediate_size": 37,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 64,
-    "bos_token_id": 97,
-    "sep_token_id": 98,
-    "pad_token_id": 0,
-}
-VISION = {
-    "hidden_size": 24,
-    "intermediate_size": 41,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 30,
-    "patch_size": 6,
-}
 
 
 def build_model():
     import tfblip
 
-    config = tfblip.BlipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)
+    config = tfblip.BlipConfig(**tiny_config_kwargs())
     return tfblip.TFBlipForConditionalGeneration(config)
 
 
@@ -51,7 +33,7 @@ def batches():
     size = STEPS * GLOBAL_BATCH
     pixels = rng.normal(size=(size, 3, 30, 30)).astype(np.float32)
     ids = rng.integers(5, 90, size=(size, 9)).astype(np.int32)
-    ids[:, 0] = TEXT["bos_token_id"]
+    ids[:, 0] = TEXT_CONFIG["bos_token_id"]
     lengths = rng.integers(3, 10, size=size)
     mask = (np.arange(9)[None, :] < lengths[:, None]).astype(np.int32)
     ids = np.where(mask == 1, ids, 0)

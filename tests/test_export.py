@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 import transformers
 from PIL import Image
+from reference import tiny_config_kwargs
 from skimage import data
 from tensorflow.core.protobuf import saved_model_pb2
 from test_processing import _build_vocab, _write_salesforce_dir
@@ -64,28 +65,9 @@ def checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("blip")
     vocab = _build_vocab()
     _write_salesforce_dir(directory, vocab, transformers.BlipImageProcessorPil(size=30))
-    text = {
-        "vocab_size": len(vocab) + 2,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-        "bos_token_id": len(vocab),
-        "sep_token_id": 102,
-        "pad_token_id": 0,
-    }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 41,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 30,
-        "patch_size": 6,
-    }
-    config = tfblip.BlipConfig(
-        text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=12
-    )
+    # The VQA answer decoder needs the vision width to equal the text width (32).
+    text = {"vocab_size": len(vocab) + 2, "bos_token_id": len(vocab), "sep_token_id": 102}
+    config = tfblip.BlipConfig(**tiny_config_kwargs(text=text, vision={"hidden_size": 32}))
     return tfblip.BlipProcessor.from_pretrained(directory), config
 
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import transformers
 from PIL import Image
+from reference import tiny_config_kwargs
 from skimage import data
 from test_processing import _build_vocab, _write_salesforce_dir
 
@@ -20,27 +21,9 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "finetune.py")
 def _checkpoint(directory):
     vocab = _build_vocab()
     _write_salesforce_dir(directory, vocab, transformers.BlipImageProcessorPil(size=30))
-    text = {
-        "vocab_size": len(vocab) + 2,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-        "bos_token_id": len(vocab),
-        "sep_token_id": 102,
-        "pad_token_id": 0,
-    }
-    vision = {
-        "hidden_size": 24,
-        "intermediate_size": 41,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 30,
-        "patch_size": 6,
-    }
+    text = {"vocab_size": len(vocab) + 2, "bos_token_id": len(vocab), "sep_token_id": 102}
     keras.utils.set_random_seed(0)
-    config = tfblip.BlipConfig(text_config=text, vision_config=vision, projection_dim=16)
+    config = tfblip.BlipConfig(**tiny_config_kwargs(text=text))
     tfblip.TFBlipForConditionalGeneration(config).save_pretrained(directory)
 
 

@@ -62,15 +62,39 @@ class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
         self.position_embeddings.build()
         self.LayerNorm.build((None, None, self.config.hidden_size))
 
+    @staticmethod
+    @tf.custom_gradient
+    def _dense_gradient(table):
+        # A lookup's gradient is IndexedSlices with a row per occurrence. Keras' Adam/AdamW
+        # square each slice before summing repeated rows (sum of g^2, not (sum of g)^2), so
+        # any token seen twice in a batch gets a different update than in PyTorch, whose
+        # embedding gradients are dense. Keras updates the whole table densely anyway.
+        return tf.identity(table), lambda upstream: tf.convert_to_tensor(upstream)
+
+    def _lookup(self, embedding, ids):
+        """`embedding(ids)` with the dense table gradient PyTorch's nn.Embedding gives."""
+        ids = tf.convert_to_tensor(ids)
+        if ids.dtype not in (tf.int32, tf.int64):
+            ids = tf.cast(ids, tf.int32)
+        table = self._dense_gradient(tf.convert_to_tensor(embedding.embeddings))
+        return tf.cast(tf.gather(table, ids), embedding.compute_dtype)
+
     def call(
         self, input_ids=None, inputs_embeds=None, position_ids=None, past_length=0, training=False
     ):
         if inputs_embeds is None:
-            inputs_embeds = self.word_embeddings(input_ids)
+            inputs_embeds = self._lookup(self.word_embeddings, input_ids)
+            if self.config.pad_token_id is not None:
+                # PyTorch's nn.Embedding(padding_idx=pad) sends lookups of the pad id no
+                # gradient (the tied LM head still trains that row); the forward is unchanged.
+                is_pad = tf.equal(tf.cast(input_ids, tf.int64), self.config.pad_token_id)
+                inputs_embeds = tf.where(
+                    is_pad[..., None], tf.stop_gradient(inputs_embeds), inputs_embeds
+                )
         if position_ids is None:
             seq_len = tf.shape(inputs_embeds)[1]
             position_ids = tf.range(past_length, past_length + seq_len)[None, :]
-        embeddings = inputs_embeds + self.position_embeddings(position_ids)
+        embeddings = inputs_embeds + self._lookup(self.position_embeddings, position_ids)
         return self.dropout(self.LayerNorm(embeddings), training=training)
 
 
