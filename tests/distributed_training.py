@@ -50,7 +50,7 @@ def train(strategy, weights_path):
     with strategy.scope():
         model = build_model()
         model.load_weights(weights_path)
-        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5))
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
     dataset = tf.data.Dataset.from_tensor_slices(batches()).batch(GLOBAL_BATCH)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -198,7 +198,7 @@ def _free_ports(count):
 
 def test_distributed_training_matches_one_device(tmp_path):
     """MirroredStrategy on 2 logical CPUs and MultiWorkerMirroredStrategy with 2 processes
-    give single-device losses (SGD: an exact test of the gradient aggregation)."""
+    give the losses and final weights of AdamW training on one device."""
     script = os.path.join(HERE, "distributed_training.py")
     sys.path.insert(0, HERE)
     try:
