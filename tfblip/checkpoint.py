@@ -14,6 +14,7 @@ import keras
 import ml_dtypes
 import numpy as np
 
+from tfblip import salesforce
 from tfblip.configuration import CONFIG_NAME
 from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
 
@@ -417,19 +418,40 @@ class PretrainedMixin:
     """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`)."""
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, config=None, dtype=None, **hub_kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, config=None, dtype=None, image_size=None, **hub_kwargs
+    ):
         """Builds the model from a checkpoint directory, weights file or hub repo id.
 
+        Besides Hugging Face checkpoints this reads the original Salesforce BLIP `.pth` files
+        (config inferred from the tensors; `image_size` resizes their position embeddings,
+        e.g. 224 -> 384) and transformers 4.x TensorFlow `tf_model.h5` files.
         `dtype` is a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
         """
         path = resolve_checkpoint_path(os.fspath(pretrained_model_name_or_path), **hub_kwargs)
         directory = path if os.path.isdir(path) else os.path.dirname(path)
-        if config is None:
-            config = cls.config_class.from_pretrained(directory)
+        original = os.path.isfile(path) and salesforce.is_salesforce_checkpoint(path)
+        if image_size is not None and not original:
+            raise ValueError(
+                "image_size applies to original Salesforce .pth checkpoints; for other "
+                "checkpoints call the model with interpolate_pos_encoding=True instead."
+            )
+        if original:
+            architecture = cls.__name__.removeprefix("TF")
+            config_dict, state_dict = salesforce.read_salesforce_checkpoint(
+                path, architecture, image_size=image_size
+            )
+            if config is None:
+                config = cls.config_class.from_dict(config_dict)
+            source = _DictSource(state_dict)
+        else:
+            if config is None:
+                config = cls.config_class.from_pretrained(directory)
+            source = open_checkpoint(path)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = cls(config, **kwargs)
-        load_weights(model, open_checkpoint(path), checkpoint_name=path)
-        if hasattr(model, "generation_defaults"):
+        load_weights(model, source, checkpoint_name=path)
+        if hasattr(model, "generation_defaults") and not original:
             model.generation_defaults = read_generation_config(directory)
         return model
 
