@@ -14,8 +14,9 @@ import keras
 import ml_dtypes
 import numpy as np
 
-from tfblip import salesforce
+from tfblip import salesforce, tf_h5
 from tfblip.configuration import CONFIG_NAME
+from tfblip.errors import CheckpointError
 from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
@@ -35,10 +36,6 @@ _LEAF_PARAMETERS = (
 # (O, I, kh, kw) <-> Conv2D (kh, kw, I, O).
 _TO_KERAS_AXES = {"linear": (1, 0), "conv": (2, 3, 1, 0), "same": None}
 _TO_PYTORCH_AXES = {"linear": (1, 0), "conv": (3, 2, 0, 1), "same": None}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model, or cannot be read."""
 
 
 def _child_layers(layer):
@@ -255,6 +252,8 @@ def open_checkpoint(path):
     if os.path.isfile(path):
         if path.endswith(".safetensors"):
             return _SafetensorsSource([path])
+        if tf_h5.is_tf_h5_checkpoint(path):
+            return _DictSource(tf_h5.read_tf_h5(path))
         return _TorchSource([path])
     candidates = (
         (SAFETENSORS_WEIGHTS, lambda p: _SafetensorsSource([p])),
@@ -266,9 +265,22 @@ def open_checkpoint(path):
         candidate = os.path.join(path, name)
         if os.path.isfile(candidate):
             return opener(candidate)
+    if tf_h5.is_tf_h5_checkpoint(path):
+        return _DictSource(tf_h5.read_tf_h5(path))
     raise CheckpointError(
-        f"No weights found in {path}: expected one of {', '.join(name for name, _ in candidates)}."
+        f"No weights found in {path}: expected one of "
+        f"{', '.join(name for name, _ in candidates)} or {tf_h5.TF_WEIGHTS_NAME}."
     )
+
+
+def _lm_head_untied(source):
+    """Whether a checkpoint's LM decoder weight differs from its word embeddings."""
+    decoder = "text_decoder.cls.predictions.decoder.weight"
+    embeddings = "text_decoder.bert.embeddings.word_embeddings.weight"
+    keys = set(source.keys())
+    if decoder not in keys or embeddings not in keys:
+        return False
+    return not np.array_equal(source.get(decoder), source.get(embeddings))
 
 
 # Keys that checkpoints may carry but that hold nothing of their own.
@@ -448,6 +460,11 @@ class PretrainedMixin:
             if config is None:
                 config = cls.config_class.from_pretrained(directory)
             source = open_checkpoint(path)
+            if isinstance(source, _DictSource) and _lm_head_untied(source):
+                # transformers 4.x's TF decoder Dense is not tied to the word embeddings, so TF
+                # fine-tuning made them differ: keep the head as trained.
+                text_config = getattr(config, "text_config", config)
+                text_config.tie_word_embeddings = False
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = cls(config, **kwargs)
         load_weights(model, source, checkpoint_name=path)

@@ -21,6 +21,8 @@ import os
 import re
 import zipfile
 
+from tfblip.errors import CheckpointError
+
 ARCHITECTURES = (
     "BlipForConditionalGeneration",
     "BlipForQuestionAnswering",
@@ -74,7 +76,7 @@ _TEXT_PARTS = {
 _RETRIEVAL_HEADS = ("vision_proj", "text_proj", "itm_head")
 
 
-class SalesforceCheckpointError(ValueError):
+class SalesforceCheckpointError(CheckpointError):
     """An original BLIP checkpoint that cannot be read, or that lacks what a model needs."""
 
 
