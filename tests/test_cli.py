@@ -113,7 +113,7 @@ def photos(tmp_path_factory):
     return root
 
 
-def _tfblip(*arguments, env=None, cwd=None):
+def _tfblip(*arguments, env=None):
     """Runs the console script as a user would: TF_CPP_MIN_LOG_LEVEL unset (conftest sets it)."""
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     environment.update(env or {})
@@ -124,7 +124,6 @@ def _tfblip(*arguments, env=None, cwd=None):
         check=False,
         timeout=300,
         env=environment,
-        cwd=cwd,
     )
 
 
@@ -325,7 +324,8 @@ def test_convert_to_safetensors_directory(pytorch_checkpoint, models, processor,
 
 def test_convert_to_keras_file(pytorch_checkpoint, models, processor, photos, tmp_path):
     destination = tmp_path / "caption.keras"
-    done = _tfblip("convert", pytorch_checkpoint, destination, "--task", "caption")
+    weights_file = pytorch_checkpoint / "pytorch_model.bin"
+    done = _tfblip("convert", weights_file, destination, "--task", "caption")
     assert done.returncode == 0, done.stderr
     converted = keras.saving.load_model(destination)
     assert type(converted) is tfblip.TFBlipForConditionalGeneration
@@ -346,9 +346,8 @@ def test_runtime_errors(checkpoints, photos, tmp_path):
     )
 
     # The default model is a hub repo id; offline (and not cached) it cannot be had.
-    offline = _tfblip(
-        "caption", photos / "chelsea.jpg", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    )
+    empty_cache = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path)}
+    offline = _tfblip("caption", photos / "chelsea.jpg", env=empty_cache)
     assert offline.returncode == 1
     assert "Traceback" not in offline.stderr
     message = offline.stderr.strip()

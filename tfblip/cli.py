@@ -1,26 +1,140 @@
 """The `tfblip` command (also `python -m tfblip`).
 
+tfblip caption photos/ --num-beams 3
+tfblip vqa photo.jpg --question "what is the cat doing?"
+tfblip match photo.jpg --text "a cat" --text "a dog"
+tfblip embed photos/ --output photos.npy
+tfblip convert ./blip-vqa-base ./blip-vqa.keras
 tfblip export --model DIR --task caption --output saved_models/blip_caption/1 --num-beams 3
+
+Exit codes: 0 everything worked; 1 some inputs failed (each reported on stderr) or a runtime
+error; 2 a usage error (argparse's). This module imports no TensorFlow: arguments are checked,
+and TensorFlow's logging configured, before `tfblip.cli_commands` loads it.
 """
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
+import tempfile
+import traceback
+import warnings
 
-# generate() options the export command takes: flag -> (option name, type, help).
-GENERATION_FLAGS = {
-    "--max-new-tokens": ("max_new_tokens", int, "tokens to generate at most (default 20)"),
-    "--max-length": ("max_length", int, "total length cap, prompt included"),
-    "--min-new-tokens": ("min_new_tokens", int, "tokens to generate at least"),
-    "--min-length": ("min_length", int, "total length floor, prompt included"),
-    "--num-beams": ("num_beams", int, "beam search with N beams (BLIP's demo uses 3)"),
-    "--length-penalty": ("length_penalty", float, "beam search length exponent"),
-    "--repetition-penalty": ("repetition_penalty", float, "penalty for repeated tokens"),
-    "--no-repeat-ngram-size": ("no_repeat_ngram_size", int, "forbid repeating N-grams"),
-    "--temperature": ("temperature", float, "sampling temperature"),
-    "--top-k": ("top_k", int, "sample among the K most likely tokens"),
-    "--top-p": ("top_p", float, "nucleus sampling probability mass"),
-    "--seed": ("seed", int, "fixed sampling seed (default: a new seed per request)"),
+from tfblip import __version__
+
+DEFAULT_MODELS = {
+    "caption": "Salesforce/blip-image-captioning-base",
+    "vqa": "Salesforce/blip-vqa-base",
+    "match": "Salesforce/blip-itm-base-coco",
+    "embed": "Salesforce/blip-itm-base-coco",
 }
+DEFAULT_BATCH_SIZE = 8
+TASK_CHOICES = ("caption", "vqa", "retrieval", "features")
+
+
+class CommandError(Exception):
+    """A failure its message explains fully: reported without a traceback."""
+
+
+def _checked_number(kind, accepts, requirement):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _checked_number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _checked_number(float, lambda v: v > 0, "a number > 0")
+probability = _checked_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+any_float = _checked_number(float, lambda v: True, "a number")
+
+# generate() options on the command line: flag -> (option name, type, metavar, help).
+GENERATION_FLAGS = {
+    "--max-new-tokens": (
+        "max_new_tokens",
+        positive_int,
+        "N",
+        "tokens to generate at most (default 20)",
+    ),
+    "--max-length": ("max_length", positive_int, "N", "total length cap, prompt included"),
+    "--min-new-tokens": ("min_new_tokens", non_negative_int, "N", "tokens to generate at least"),
+    "--min-length": ("min_length", non_negative_int, "N", "total length floor, prompt included"),
+    "--num-beams": ("num_beams", positive_int, "N", "beam search with N beams (BLIP's demo: 3)"),
+    "--length-penalty": ("length_penalty", any_float, "X", "beam search length exponent"),
+    "--repetition-penalty": (
+        "repetition_penalty",
+        positive_float,
+        "X",
+        "penalty for repeated tokens",
+    ),
+    "--no-repeat-ngram-size": (
+        "no_repeat_ngram_size",
+        non_negative_int,
+        "N",
+        "forbid repeating N-grams",
+    ),
+    "--temperature": ("temperature", positive_float, "T", "sampling temperature"),
+    "--top-k": ("top_k", non_negative_int, "K", "sample among the K most likely tokens"),
+    "--top-p": ("top_p", probability, "P", "nucleus sampling probability mass"),
+    "--seed": ("seed", int, "S", "fixed sampling seed (default: a new seed per request)"),
+}
+SAMPLING_FLAGS = ("--temperature", "--top-k", "--top-p", "--seed")
+
+CAPTION_EPILOG = """examples:
+  tfblip caption photo.jpg
+  tfblip caption photos/ 'more/*.png' --num-beams 3 --max-new-tokens 30
+  tfblip caption photos/ --prompt "a picture of" --format jsonl --output captions.jsonl
+  tfblip caption photo.jpg --sample --top-p 0.9 --seed 0
+  tfblip caption photos/ --model ./blip-image-captioning-large
+
+Directories are searched recursively for image files (.bmp .gif .jpeg .jpg .png .tif .tiff
+.webp), in sorted order; quote globs to let tfblip expand them (** recurses). An unreadable
+image is reported on stderr and skipped; the exit code is then 1. Batching never changes a
+caption; --sample captions each image on its own, so a seed gives the same caption in any run.
+"""
+VQA_EPILOG = """examples:
+  tfblip vqa photo.jpg --question "how many cats are there?"
+  tfblip vqa photo.jpg --question "what color is the couch?" --num-beams 3
+  tfblip vqa photo.jpg --question "what is this?" --model ./blip-vqa-capfilt-large
+"""
+MATCH_EPILOG = """examples:
+  tfblip match photo.jpg --text "a cat on a couch" --text "a dog on the beach"
+  tfblip match photo.jpg --text "two cats" --format jsonl
+
+Columns: itm (image-text matching probability, 0..1: does the text describe the image?),
+itc (cosine similarity of the contrastive features, -1..1: ranks texts for retrieval), text.
+"""
+EMBED_EPILOG = """examples:
+  tfblip embed photos/ --output photos.npy         # also writes photos.paths.txt
+  tfblip embed --text "a cat" --text "a dog" --output texts.npy
+
+Writes a float32 array, one row per image (or per --text, in order). Retrieval checkpoints
+(BlipForImageTextRetrieval, the default) give L2-normalized ITC features, so a dot product
+is a cosine similarity; BlipModel checkpoints give get_image_features / get_text_features
+(projected, not normalized). FILE.paths.txt lists the image of each row, one per line:
+unreadable images are skipped (exit code 1) and have no row.
+"""
+CONVERT_EPILOG = """examples:
+  tfblip convert ./blip-image-captioning-base ./blip-caption-safetensors
+  tfblip convert ./blip-vqa-base ./blip-vqa.keras
+  tfblip convert Salesforce/blip-itm-base-coco ./blip-itm-base-coco
+  tfblip convert ./model_base_capfilt_large.pth ./blip-caption --task caption
+
+SRC: a checkpoint directory (model.safetensors, a sharded model.safetensors.index.json,
+pytorch_model.bin or tf_model.h5), an original Salesforce BLIP .pth file (with --task) or a
+hub repo id; .bin and .pth files need PyTorch. A DST directory receives config.json,
+model.safetensors (loadable by tfblip and transformers) and SRC's processor files; a DST
+ending in .keras is a Keras file (keras.saving.load_model, after importing a tfblip model
+class). The model class follows config.json's "architectures" unless --task.
+"""
 EXPORT_EPILOG = """examples:
   tfblip export --model ./blip-image-captioning-base --task caption \\
       --output saved_models/blip_caption/1 --num-beams 3 --max-new-tokens 30
@@ -36,19 +150,199 @@ def _early_stopping(value):
     return choices[value.lower()]
 
 
-def _add_export_parser(subparsers):
+def _value_of(args, flag):
+    return getattr(args, flag.removeprefix("--").replace("-", "_"))
+
+
+def generation_options(args):
+    """The generate() keyword arguments the command line sets."""
+    options = {
+        name: _value_of(args, flag)
+        for flag, (name, *_) in GENERATION_FLAGS.items()
+        if _value_of(args, flag) is not None
+    }
+    if args.sample:
+        options["do_sample"] = True
+    if args.early_stopping is not None:
+        options["early_stopping"] = args.early_stopping
+    return options
+
+
+def _add_generation_arguments(parser):
+    options = parser.add_argument_group("generation options")
+    for flag, (_, kind, metavar, text) in GENERATION_FLAGS.items():
+        options.add_argument(flag, type=kind, metavar=metavar, help=text)
+    options.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
+    options.add_argument(
+        "--early-stopping",
+        type=_early_stopping,
+        metavar="WHEN",
+        help="beam search: true, false or never",
+    )
+
+
+def _generation_usage_problem(args, sampling_needs_flag):
+    if args.sample and args.num_beams is not None and args.num_beams > 1:
+        return "--sample cannot be combined with --num-beams above 1 (no beam sampling)"
+    if sampling_needs_flag and not args.sample:
+        given = [flag for flag in SAMPLING_FLAGS if _value_of(args, flag) is not None]
+        if given:
+            return f"{', '.join(given)}: used only when sampling; add --sample"
+    return None
+
+
+def _add_command(subparsers, common, name, summary, description, epilog):
     parser = subparsers.add_parser(
-        "export",
-        help="write a SavedModel for TF Serving",
-        description="Export a checkpoint as a TF Serving SavedModel: image bytes and text in, "
-        "text (or scores, or embeddings) out. Generation options are fixed at export.",
-        epilog=EXPORT_EPILOG,
+        name,
+        parents=[common],
+        help=summary,
+        description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="checkpoint directory (or hub repo id)")
+    parser.set_defaults(command_parser=parser, usage_problem=lambda args: None)
+    return parser
+
+
+def _add_model_argument(parser, command):
     parser.add_argument(
-        "--task", required=True, choices=("caption", "vqa", "retrieval", "features")
+        "--model",
+        default=DEFAULT_MODELS[command],
+        metavar="DIR_OR_REPO",
+        help=f"checkpoint directory or Hugging Face repo id (default {DEFAULT_MODELS[command]})",
     )
+
+
+def _add_output_arguments(parser, what):
+    parser.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help=f"text: tab-separated lines; jsonl: one JSON object per {what} (default text)",
+    )
+
+
+def _add_batch_arguments(parser):
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"images per model call (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar (shown on a terminal for > 8 images)"
+    )
+
+
+def _add_caption_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "caption",
+        "caption images",
+        "Caption image files: one line per image, `path<TAB>caption` (or JSON lines).",
+        CAPTION_EPILOG,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory or glob")
+    _add_model_argument(parser, "caption")
+    parser.add_argument("--prompt", help="text each caption starts with, e.g. 'a picture of'")
+    _add_output_arguments(parser, "image")
+    parser.add_argument("--output", metavar="FILE", help="write captions here, not to stdout")
+    _add_batch_arguments(parser)
+    _add_generation_arguments(parser)
+    parser.set_defaults(usage_problem=lambda args: _generation_usage_problem(args, True))
+
+
+def _add_vqa_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "vqa",
+        "answer a question about an image",
+        "Answer a question about an image; prints the answer.",
+        VQA_EPILOG,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image file")
+    parser.add_argument("--question", required=True, help="the question, in English")
+    _add_model_argument(parser, "vqa")
+    _add_generation_arguments(parser)
+    parser.set_defaults(usage_problem=lambda args: _generation_usage_problem(args, True))
+
+
+def _add_match_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "match",
+        "score how well texts describe an image",
+        "Score texts against an image with a retrieval checkpoint: the image-text matching\n"
+        "(ITM) probability and the contrastive (ITC) similarity of each text.",
+        MATCH_EPILOG,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="image file")
+    parser.add_argument(
+        "--text", action="append", required=True, help="a text to score (repeat for more)"
+    )
+    _add_model_argument(parser, "match")
+    _add_output_arguments(parser, "text")
+
+
+def _embed_usage_problem(args):
+    if bool(args.paths) == bool(args.text):
+        return "give image PATHs or --text, not both or neither"
+    return None
+
+
+def _add_embed_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "embed",
+        "write image or text feature vectors to a .npy file",
+        "Compute image features (or text features, with --text); save them as a .npy array.",
+        EMBED_EPILOG,
+    )
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="image file, directory or glob (as for caption)"
+    )
+    parser.add_argument("--text", action="append", help="embed this text (repeat for more)")
+    parser.add_argument("--output", required=True, metavar="FILE.npy", help="the array to write")
+    _add_model_argument(parser, "embed")
+    _add_batch_arguments(parser)
+    parser.set_defaults(usage_problem=_embed_usage_problem)
+
+
+def _add_convert_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "convert",
+        "convert a checkpoint to safetensors or a .keras file",
+        "Convert a BLIP checkpoint to a config.json + model.safetensors directory,\n"
+        "or to a Keras .keras file.",
+        CONVERT_EPILOG,
+    )
+    parser.add_argument("source", metavar="SRC", help="checkpoint directory or hub repo id")
+    parser.add_argument("destination", metavar="DST", help="directory, or a file ending in .keras")
+    parser.add_argument(
+        "--task", choices=TASK_CHOICES, help="model class (default: config.json's architectures)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+
+
+def _add_export_parser(subparsers, common):
+    parser = _add_command(
+        subparsers,
+        common,
+        "export",
+        "write a SavedModel for TF Serving",
+        "Export a checkpoint as a TF Serving SavedModel: image bytes and text in, text\n"
+        "(or scores, or embeddings) out. Generation options are fixed at export.",
+        EXPORT_EPILOG,
+    )
+    parser.add_argument("--model", required=True, help="checkpoint directory (or hub repo id)")
+    parser.add_argument("--task", required=True, choices=TASK_CHOICES)
     parser.add_argument(
         "--output", required=True, help="version directory, e.g. saved_models/NAME/1"
     )
@@ -59,63 +353,100 @@ def _add_export_parser(subparsers):
     parser.add_argument(
         "--max-text-length", type=int, help="truncate tokenized inputs to this many tokens"
     )
-    options = parser.add_argument_group("generation options (caption and vqa)")
-    for flag, (_, kind, text) in GENERATION_FLAGS.items():
-        options.add_argument(flag, type=kind, help=text)
-    options.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
-    options.add_argument(
-        "--early-stopping", type=_early_stopping, help="beam search: true, false or never"
-    )
-    parser.set_defaults(run=_run_export)
-
-
-def _run_export(args):
-    from tfblip.checkpoint import resolve_checkpoint_path
-    from tfblip.export.saved_model import TASKS, export_saved_model
-    from tfblip.processing import BlipProcessor
-
-    options = {
-        name: getattr(args, flag[2:].replace("-", "_"))
-        for flag, (name, _, _) in GENERATION_FLAGS.items()
-        if getattr(args, flag[2:].replace("-", "_")) is not None
-    }
-    if args.sample:
-        options["do_sample"] = True
-    if args.early_stopping is not None:
-        options["early_stopping"] = args.early_stopping
-    directory = resolve_checkpoint_path(args.model)
-    model = TASKS[args.task].from_pretrained(directory)
-    processor = BlipProcessor.from_pretrained(directory)
-    path = export_saved_model(
-        model,
-        processor,
-        args.output,
-        task=args.task,
-        max_text_length=args.max_text_length,
-        warmup=not args.no_warmup,
-        overwrite=args.overwrite,
-        **options,
-    )
-    print(f"Exported {args.task} SavedModel to {path}")
+    _add_generation_arguments(parser)
+    parser.set_defaults(usage_problem=lambda args: _generation_usage_problem(args, False))
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="tfblip", description="BLIP in TensorFlow: captioning, VQA, retrieval, export."
+        prog="tfblip",
+        description="BLIP in TensorFlow: captioning, VQA, image-text matching, embeddings, "
+        "checkpoint conversion and TF Serving export. `tfblip COMMAND --help` shows examples.",
+        epilog="exit codes: 0 success; 1 some inputs failed or a runtime error; 2 usage error",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_export_parser(subparsers)
+    parser.add_argument("--version", action="version", version=f"tfblip {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's log messages and warnings, and tracebacks of errors",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_caption_parser(subparsers, common)
+    _add_vqa_parser(subparsers, common)
+    _add_match_parser(subparsers, common)
+    _add_embed_parser(subparsers, common)
+    _add_convert_parser(subparsers, common)
+    _add_export_parser(subparsers, common)
     return parser
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Sends what is written to file descriptor 2 while the block runs to a temporary file,
+    and writes it out after all if the block raises, so a failure keeps its explanation."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            if not succeeded:
+                captured.seek(0)
+                sys.stderr.buffer.write(captured.read())
+                sys.stderr.flush()
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow with its start-up log lines and its Python warnings hidden."""
+    # TensorFlow logs "oneDNN custom operations are on", "Could not find cuda drivers", cuInit
+    # failures and the like from C++ while it loads and first lists its devices, partly
+    # before absl logging starts, where TF_CPP_MIN_LOG_LEVEL does not reach: only catching
+    # the native stderr hides them. Level 2 then keeps later C++ errors and drops the rest.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|absl|h5py|google)(\.|$)")
+    with _native_stderr_captured():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
+def _describe(error):
+    if isinstance(error, (CommandError, ValueError, OSError, ImportError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    problem = args.usage_problem(args)
+    if problem:
+        args.command_parser.error(problem)
     try:
-        args.run(args)
-    except (ValueError, TypeError, OSError, ImportError) as error:
-        print(f"tfblip {args.command}: error: {error}", file=sys.stderr)
+        if not args.verbose:
+            import_tensorflow_quietly()
+        from tfblip import cli_commands
+
+        return cli_commands.RUNNERS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) has gone: stop quietly, and keep Python's exit-time flush
+        # of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    except Exception as error:  # noqa: BLE001 - every failure ends as one line on stderr
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tfblip {args.command}: error: {_describe(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
