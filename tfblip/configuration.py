@@ -22,9 +22,18 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-__all__ = ["CONFIG_NAME", "BlipConfig", "BlipTextConfig", "BlipVisionConfig"]
+__all__ = [
+    "CONFIG_NAME",
+    "DEFAULT_ENC_TOKEN_ID",
+    "BlipConfig",
+    "BlipTextConfig",
+    "BlipVisionConfig",
+]
 
 CONFIG_NAME = "config.json"
+
+# Id of "[ENC]" in the Salesforce BLIP tokenizer (after "[DEC]", 30522, the bos token).
+DEFAULT_ENC_TOKEN_ID = 30523
 
 _PathLike = str | os.PathLike
 
@@ -464,7 +473,13 @@ class BlipVisionConfig(_BlipSubConfig):
 
 
 class BlipTextConfig(_BlipSubConfig):
-    """Configuration of the BLIP BERT-style text encoder / decoder."""
+    """Configuration of the BLIP BERT-style text encoder / decoder.
+
+    Optional tfblip key (not a transformers field, so written only when set):
+    ``enc_token_id``, the id of "[ENC]", which the image-grounded text encoder starts with
+    when :class:`BlipConfig` ``use_enc_token`` is on; :data:`DEFAULT_ENC_TOKEN_ID` (30523, as
+    in the Salesforce checkpoints) when absent.
+    """
 
     model_type = "blip_text_model"
     _DESCRIPTION = "BLIP text config"
@@ -548,6 +563,10 @@ class BlipTextConfig(_BlipSubConfig):
                 f"BlipTextConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
+        if "enc_token_id" in self.extra_keys:
+            _optional_token_id("BlipTextConfig", "enc_token_id", self.enc_token_id)
+            if self.enc_token_id is None:
+                raise _fail("BlipTextConfig", "enc_token_id", "a non-negative int", None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,6 +602,13 @@ class BlipConfig(_BlipConfigBase):
     ``text_config`` / ``vision_config`` may be None (defaults), dicts or config objects (which
     are copied). As in transformers, ``text_config.encoder_hidden_size`` is set to
     ``vision_config.hidden_size``.
+
+    Optional tfblip key (not a transformers field, so written only when set, and ignored by
+    transformers): ``use_enc_token`` (bool, default False). When True, the image-text matching
+    head's text and the VQA question start with "[ENC]" (``text_config.enc_token_id``) in
+    place of their first token, "[CLS]", as in the original BLIP (blip_retrieval.py,
+    blip_vqa.py), which trained its retrieval and VQA checkpoints that way. Off, the models
+    compute what transformers computes. Contrastive (ITC) text features keep "[CLS]" either way.
     """
 
     model_type = "blip"
@@ -627,6 +653,15 @@ class BlipConfig(_BlipConfigBase):
         super().validate()
         self.text_config.validate()
         self.vision_config.validate()
+        if "use_enc_token" in self.extra_keys:
+            _boolean("BlipConfig", "use_enc_token", self.use_enc_token)
+            enc_token_id = getattr(self.text_config, "enc_token_id", DEFAULT_ENC_TOKEN_ID)
+            if self.use_enc_token and enc_token_id >= self.text_config.vocab_size:
+                raise ValueError(
+                    f"BlipConfig.use_enc_token needs text_config.enc_token_id ({enc_token_id}) "
+                    f"inside the vocabulary (vocab_size {self.text_config.vocab_size}); set "
+                    "text_config.enc_token_id to the id of [ENC]"
+                )
 
     @classmethod
     def from_text_vision_configs(

@@ -6,10 +6,16 @@ import keras
 import tensorflow as tf
 
 from tfblip.checkpoint import PretrainedMixin
-from tfblip.configuration import BlipConfig
+from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
 from tfblip.generation import drop_last_token, generate, resolve_options
 from tfblip.modeling.common import ConfigSerializable, dense
-from tfblip.modeling.text import IGNORE_INDEX, TFBlipTextLMHeadModel, TFBlipTextModel
+from tfblip.modeling.text import (
+    IGNORE_INDEX,
+    TFBlipTextLMHeadModel,
+    TFBlipTextModel,
+    causal_lm_loss,
+    check_token_ids,
+)
 from tfblip.modeling.vision import TFBlipVisionModel
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
@@ -47,6 +53,34 @@ def image_text_contrastive_loss(logits_per_text):
 def all_ones_mask(states):
     """Attention mask over every position of (B, T, D) states."""
     return tf.ones(tf.shape(states)[:2], dtype=tf.int32)
+
+
+def enc_token_id_in_use(config):
+    """The "[ENC]" id that ITM texts and VQA questions start with, or None when
+    `config.use_enc_token` is off (they keep their "[CLS]", as in transformers)."""
+    if not getattr(config, "use_enc_token", False):
+        return None
+    text_config = config.text_config
+    enc_token_id = getattr(text_config, "enc_token_id", DEFAULT_ENC_TOKEN_ID)
+    # Checked here too: the config may have been changed after validation.
+    if not isinstance(enc_token_id, int) or not 0 <= enc_token_id < text_config.vocab_size:
+        raise ValueError(
+            f"use_enc_token is on but text_config.enc_token_id ({enc_token_id!r}) is not a token "
+            f"id of the vocabulary (vocab_size {text_config.vocab_size}); set it to the id of "
+            "[ENC] (processor.enc_token_id)."
+        )
+    return enc_token_id
+
+
+def start_with_enc_token(input_ids, config):
+    """`input_ids` with "[ENC]" as first token when `config.use_enc_token` is on, as the
+    original BLIP's ITM and VQA encoders (input_ids[:, 0] = enc_token_id); else unchanged."""
+    enc_token_id = enc_token_id_in_use(config)
+    if enc_token_id is None:
+        return input_ids
+    input_ids = tf.convert_to_tensor(input_ids)
+    first = tf.fill((tf.shape(input_ids)[0], 1), tf.cast(enc_token_id, input_ids.dtype))
+    return tf.concat([first, input_ids[:, 1:]], axis=1)
 
 
 def graph_function(model, name, function, *variant):
@@ -399,7 +433,7 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
         )
         image_embeds = vision_outputs.last_hidden_state
         question = self.text_encoder(
-            input_ids=input_ids,
+            input_ids=start_with_enc_token(input_ids, self.config),
             attention_mask=attention_mask,
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=all_ones_mask(image_embeds),
@@ -491,6 +525,7 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
                 ids, pixels, attention_mask=mask, interpolate_pos_encoding=interpolate_pos_encoding
             )[1],
             interpolate_pos_encoding,
+            enc_token_id_in_use(self.config),
         )
         question_embeds = encode(
             input_ids, tf.convert_to_tensor(pixel_values, tf.float32), attention_mask
@@ -504,6 +539,92 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
             bos_ids,
             tf.ones_like(bos_ids),
             options,
+        )
+
+    def rank_answers(
+        self,
+        input_ids,
+        pixel_values,
+        candidate_ids,
+        attention_mask=None,
+        candidate_attention_mask=None,
+        k=128,
+        label_smoothing=0.0,
+        interpolate_pos_encoding=False,
+    ):
+        """Ranks a fixed list of candidate answers for each question, as BLIP's rank_answer.
+
+        `candidate_ids` (C, A) are the C candidates as the tokenizer gives them ("[CLS] answer
+        [SEP]", right-padded; `candidate_attention_mask` defaults to the non-pad tokens); their
+        first token becomes bos ("[DEC]"). The decoder's probability of each candidate's first
+        answer token after bos selects the k most likely candidates per question (k <= C);
+        those are ranked by their log-likelihood: the sum over the answer's tokens after bos,
+        its closing [SEP] included, of log p(token | image, question, previous tokens).
+        With `label_smoothing` > 0 the score is minus the label-smoothed cross-entropy summed
+        the same way; the original scored with its training loss, whose smoothing was 0.1.
+
+        Returns (indices, scores), both (B, k) and best first: int32 indices into the
+        candidates and their float32 scores.
+        """
+        candidate_ids = tf.convert_to_tensor(candidate_ids)
+        check_token_ids(candidate_ids, "candidate_ids")
+        num_candidates, answer_length = candidate_ids.shape
+        if num_candidates == 0 or answer_length is None or answer_length < 2:
+            raise ValueError(
+                "candidate_ids must hold at least one candidate of at least two tokens "
+                f"([CLS] or [DEC], then the answer), got shape {candidate_ids.shape}."
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}.")
+        k = min(k, num_candidates)
+        text_config = self.config.text_config
+        candidate_ids = tf.cast(candidate_ids, tf.int32)
+        if candidate_attention_mask is None:
+            candidate_attention_mask = tf.cast(candidate_ids != text_config.pad_token_id, tf.int32)
+        candidate_attention_mask = tf.cast(candidate_attention_mask, tf.int32)
+        candidate_ids = tf.concat(
+            [tf.fill((num_candidates, 1), text_config.bos_token_id), candidate_ids[:, 1:]], 1
+        )
+        input_ids = tf.cast(input_ids, tf.int32)
+        if attention_mask is None:
+            attention_mask = tf.ones_like(input_ids)
+        attention_mask = tf.cast(attention_mask, tf.int32)
+        _, question_states = self.encode_question(
+            input_ids,
+            pixel_values,
+            attention_mask=attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        batch_size = tf.shape(question_states)[0]
+        bos_ids = tf.fill((batch_size, 1), text_config.bos_token_id)
+        first_logits = self.text_decoder(
+            input_ids=bos_ids,
+            encoder_hidden_states=question_states,
+            encoder_attention_mask=attention_mask,
+            use_cache=False,
+        ).logits[:, 0, :]
+        first_token_probs = tf.nn.softmax(tf.cast(first_logits, tf.float32), axis=-1)
+        candidate_probs = tf.gather(first_token_probs, candidate_ids[:, 1], axis=1)
+        _, top_indices = tf.math.top_k(candidate_probs, k=k)
+
+        # One row per (question, selected candidate), a question's k candidates adjacent.
+        flat_indices = tf.reshape(top_indices, [-1])
+        answer_ids = tf.gather(candidate_ids, flat_indices)
+        answer_mask = tf.gather(candidate_attention_mask, flat_indices)
+        answer_logits = self.text_decoder(
+            input_ids=answer_ids,
+            attention_mask=answer_mask,
+            encoder_hidden_states=tf.repeat(question_states, k, axis=0),
+            encoder_attention_mask=tf.repeat(attention_mask, k, axis=0),
+            use_cache=False,
+        ).logits
+        labels = tf.where(answer_mask == 1, answer_ids, IGNORE_INDEX)
+        scores = -causal_lm_loss(answer_logits, labels, label_smoothing, reduction="none")
+        scores = tf.reshape(scores, (batch_size, k))
+        order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+        return (
+            tf.gather(top_indices, order, batch_dims=1),
+            tf.gather(scores, order, batch_dims=1),
         )
 
 
@@ -539,13 +660,26 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         """(B, 2) ITM logits (no match, match) of each text with its image's states, and the
         text encoder's states."""
         question_embeds = self.text_encoder(
-            input_ids=input_ids,
+            input_ids=start_with_enc_token(input_ids, self.config),
             attention_mask=attention_mask,
             encoder_hidden_states=image_embeds,
             encoder_attention_mask=all_ones_mask(image_embeds),
             training=training,
         ).last_hidden_state
         return self.itm_head(question_embeds[:, 0, :]), question_embeds
+
+    def itc_image_features(self, image_embeds):
+        """L2-normalized contrastive (ITC) features (B, E) of images, from their vision states
+        (B, L, D): the projected class token, as `contrastive_features` computes them."""
+        return l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
+
+    def itc_text_features(self, input_ids, attention_mask=None):
+        """L2-normalized contrastive (ITC) features (B, E) of texts, as `contrastive_features`
+        computes them: the projected first ("[CLS]") state of the text-only encoder."""
+        text_states = self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+        return l2_normalize(self.text_proj(text_states[:, 0, :]))
 
     def contrastive_features(self, image_embeds, input_ids, attention_mask=None, training=False):
         """L2-normalized ITC features (image (B, E), text (B, E)) and the text encoder's states."""
