@@ -104,3 +104,41 @@ def assert_close(actual, expected, atol=1e-4, name="value"):
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     diff = float(np.max(np.abs(actual - expected))) if actual.size else 0.0
     assert diff <= atol, f"{name}: max abs diff {diff:.3g} > {atol}"
+
+
+def randomize_keras(model, seed):
+    """A tfblip model with std-0.2 weights (LayerNorm scales around 1), so that its outputs
+    vary from input to input, as `randomize` does for the PyTorch reference."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        values = rng.normal(0.0, 0.2, variable.shape)
+        if variable.path.endswith("gamma"):
+            values += 1.0
+        variable.assign(values.astype(variable.dtype))
+    return model
+
+
+def tiny_processor_config(vocab, vision_hidden_size=32):
+    """A tiny BlipConfig whose text side matches a `test_processing._build_vocab` vocabulary
+    ([DEC] and [ENC] added after it; BERT's [SEP] 102). The default vision width equals the
+    text width, as the VQA answer decoder needs."""
+    import tfblip
+
+    text = {"vocab_size": len(vocab) + 2, "bos_token_id": len(vocab), "sep_token_id": 102}
+    vision = {"hidden_size": vision_hidden_size}
+    return tfblip.BlipConfig(**tiny_config_kwargs(text=text, vision=vision))
+
+
+def reference_vqa_decoder_logits(reference, pixels, input_ids, answers, answer_mask):
+    """transformers' VQA answer logits for decoder inputs, computed module by module (its
+    forward needs labels)."""
+    with torch.no_grad():
+        image_states = reference.vision_model(pixel_values=to_torch(pixels)).last_hidden_state
+        question = reference.text_encoder(
+            input_ids=to_torch(input_ids), encoder_hidden_states=image_states
+        ).last_hidden_state
+        return reference.text_decoder(
+            input_ids=to_torch(answers),
+            attention_mask=to_torch(answer_mask),
+            encoder_hidden_states=question,
+        ).logits

@@ -19,6 +19,7 @@ import tensorflow as tf
 import torch
 import transformers
 from PIL import Image
+from reference import randomize_keras, tiny_processor_config
 from skimage import data
 from test_processing import _build_vocab, _write_salesforce_dir
 
@@ -38,49 +39,17 @@ MODEL_CLASSES = {
 }
 
 
-def _randomize(model, seed):
-    """Weights with std 0.2 (LayerNorm scales around 1) so outputs vary from image to image."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        values = rng.normal(0.0, 0.2, variable.shape)
-        if variable.path.endswith("gamma"):
-            values += 1.0
-        variable.assign(values.astype(variable.dtype))
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """{task: directory with config.json, model.safetensors and the processor files}."""
     root = tmp_path_factory.mktemp("checkpoints")
     vocab = _build_vocab()
-    text = {
-        "vocab_size": len(vocab) + 2,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-        "bos_token_id": len(vocab),
-        "sep_token_id": 102,
-        "pad_token_id": 0,
-    }
-    vision = {
-        "hidden_size": 32,
-        "intermediate_size": 41,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 30,
-        "patch_size": 6,
-    }
-    config = tfblip.BlipConfig(
-        text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=12
-    )
+    config = tiny_processor_config(vocab)
     directories = {}
     for seed, (task, model_class) in enumerate(MODEL_CLASSES.items()):
         directory = root / task
         _write_salesforce_dir(directory, vocab, transformers.BlipImageProcessorPil(size=30))
-        _randomize(model_class(config), seed).save_pretrained(directory)
+        randomize_keras(model_class(config), seed).save_pretrained(directory)
         directories[task] = directory
     return directories
 

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import transformers
 from PIL import Image
-from reference import tiny_config_kwargs
+from reference import randomize_keras, tiny_processor_config
 from skimage import data
 from tensorflow.core.protobuf import saved_model_pb2
 from test_processing import _build_vocab, _write_salesforce_dir
@@ -48,26 +48,13 @@ SIGNATURES = {
 }
 
 
-def _randomize(model, seed):
-    """Weights with std 0.2 (LayerNorm scales around 1) so captions vary from image to image."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        values = rng.normal(0.0, 0.2, variable.shape)
-        if variable.path.endswith("gamma"):
-            values += 1.0
-        variable.assign(values.astype(variable.dtype))
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A Salesforce-style processor directory and a tiny config matching its vocabulary."""
     directory = tmp_path_factory.mktemp("blip")
     vocab = _build_vocab()
     _write_salesforce_dir(directory, vocab, transformers.BlipImageProcessorPil(size=30))
-    # The VQA answer decoder needs the vision width to equal the text width (32).
-    text = {"vocab_size": len(vocab) + 2, "bos_token_id": len(vocab), "sep_token_id": 102}
-    config = tfblip.BlipConfig(**tiny_config_kwargs(text=text, vision={"hidden_size": 32}))
+    config = tiny_processor_config(vocab)
     return tfblip.BlipProcessor.from_pretrained(directory), config
 
 
@@ -91,7 +78,7 @@ def images(tmp_path_factory):
 def models(checkpoint):
     _, config = checkpoint
     return {
-        task: _randomize(model_class(config), seed)
+        task: randomize_keras(model_class(config), seed)
         for seed, (task, model_class) in enumerate(
             (
                 ("caption", tfblip.TFBlipForConditionalGeneration),

@@ -10,6 +10,7 @@ from reference import (
     reference_model,
     reference_text_model,
     reference_vision_model,
+    reference_vqa_decoder_logits,
     text_inputs,
     to_torch,
 )
@@ -338,16 +339,7 @@ def test_vqa_labels_with_ignored_positions(vqa_pair):
 def test_vqa_decoder_logits_from_decoder_input_ids(vqa_pair):
     reference, model = vqa_pair
     pixels, input_ids, question_mask, answers, answer_mask = vqa_inputs(seed=13)
-    with torch.no_grad():
-        image_states = reference.vision_model(pixel_values=to_torch(pixels)).last_hidden_state
-        question = reference.text_encoder(
-            input_ids=to_torch(input_ids), encoder_hidden_states=image_states
-        ).last_hidden_state
-        expected = reference.text_decoder(
-            input_ids=to_torch(answers),
-            attention_mask=to_torch(answer_mask),
-            encoder_hidden_states=question,
-        ).logits
+    expected = reference_vqa_decoder_logits(reference, pixels, input_ids, answers, answer_mask)
     outputs = model(
         input_ids=input_ids,
         pixel_values=pixels,

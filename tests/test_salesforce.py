@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from reference import assert_close, pixel_values, reference_model, text_inputs, to_torch
+from reference import (
+    assert_close,
+    pixel_values,
+    reference_model,
+    reference_vqa_decoder_logits,
+    text_inputs,
+    to_torch,
+)
 
 import tfblip
 from tfblip.checkpoint import _DictSource, load_weights
@@ -190,15 +197,9 @@ def test_tfblip_outputs_equal_transformers(converted):
                 "decoder_input_ids": answers,
                 "decoder_attention_mask": answer_mask,
             }
-            image = reference.vision_model(pixel_values=to_torch(pixels)).last_hidden_state
-            question = reference.text_encoder(
-                input_ids=to_torch(input_ids), encoder_hidden_states=image
-            ).last_hidden_state
-            expected = reference.text_decoder(
-                input_ids=to_torch(answers),
-                attention_mask=to_torch(answer_mask),
-                encoder_hidden_states=question,
-            ).logits
+            expected = reference_vqa_decoder_logits(
+                reference, pixels, input_ids, answers, answer_mask
+            )
             assert_close(model(**inputs).decoder_logits, expected, name="decoder_logits")
         else:
             inputs = {

@@ -17,6 +17,7 @@ from reference import (
     assert_close,
     pixel_values,
     reference_model,
+    reference_vqa_decoder_logits,
     text_inputs,
     to_torch,
 )
@@ -255,16 +256,7 @@ def test_question_answering_logits(tf_checkpoints):
     question_mask = np.ones_like(input_ids)
     answers, answer_mask = text_inputs(length=4, seed=63)
     answers[:, 0] = reference.config.text_config.bos_token_id
-    with torch.no_grad():
-        image_states = reference.vision_model(pixel_values=to_torch(pixels)).last_hidden_state
-        question = reference.text_encoder(
-            input_ids=to_torch(input_ids), encoder_hidden_states=image_states
-        ).last_hidden_state
-        expected = reference.text_decoder(
-            input_ids=to_torch(answers),
-            attention_mask=to_torch(answer_mask),
-            encoder_hidden_states=question,
-        ).logits
+    expected = reference_vqa_decoder_logits(reference, pixels, input_ids, answers, answer_mask)
     outputs = model(
         input_ids=input_ids,
         pixel_values=pixels,

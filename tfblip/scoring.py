@@ -261,12 +261,7 @@ def score_captions(
         image_source,
         len(texts),
         batch_size,
-        lambda pixels: (
-            model.vision_model(
-                pixel_values=tf.constant(pixels, tf.float32),
-                interpolate_pos_encoding=interpolate_pos_encoding,
-            ).last_hidden_state
-        ),
+        _image_states(model, interpolate_pos_encoding),
         lambda states, start, end: (
             -causal_lm_loss(
                 model.text_decoder(
@@ -339,6 +334,18 @@ def _batched_over_pairs(image_source, count, batch_size, encode_images, score):
     return np.concatenate(results)
 
 
+def _image_states(model, interpolate_pos_encoding):
+    """pixels -> the vision tower's last hidden states."""
+
+    def states(pixels):
+        return model.vision_model(
+            pixel_values=tf.constant(pixels, tf.float32),
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        ).last_hidden_state
+
+    return states
+
+
 def _itm_probabilities(model, processor, images, texts, batch_size, interpolate_pos_encoding):
     input_ids, attention_mask = _tokenize(
         processor, texts, model.config.text_config.max_position_embeddings
@@ -348,12 +355,7 @@ def _itm_probabilities(model, processor, images, texts, batch_size, interpolate_
         image_source,
         len(texts),
         batch_size,
-        lambda pixels: (
-            model.vision_model(
-                pixel_values=tf.constant(pixels, tf.float32),
-                interpolate_pos_encoding=interpolate_pos_encoding,
-            ).last_hidden_state
-        ),
+        _image_states(model, interpolate_pos_encoding),
         lambda states, start, end: tf.nn.softmax(
             tf.cast(
                 model.image_text_matching(states, input_ids[start:end], attention_mask[start:end])[
