@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from tfblip.arguments import positive_int, text_list
 from tfblip.modeling.blip import TFBlipForImageTextRetrieval, enc_token_id_in_use, graph_function
 
 __all__ = ["Gallery", "Hit", "Retriever", "recall_at_k"]
@@ -49,12 +50,6 @@ class Hit(NamedTuple):
     score: float
     similarity: float
     match_logit: float | None = None
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _check_ids(ids, count):
@@ -137,7 +132,7 @@ class Gallery:
         `query_embeddings` (Q, E) or (E,) should be L2-normalized, as Retriever's are; the
         similarity is their dot product with the gallery's embeddings. Ties keep gallery order.
         """
-        k = min(_positive_int("k", k), len(self))
+        k = min(positive_int("k", k), len(self))
         queries = np.asarray(query_embeddings, dtype=np.float32)
         if queries.ndim == 1:
             queries = queries[None, :]
@@ -222,14 +217,6 @@ class Gallery:
             )
 
 
-def _as_text_list(texts, name="texts"):
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, Sequence) and texts and all(isinstance(t, str) for t in texts):
-        return list(texts)
-    raise TypeError(f"{name} must be a str or a non-empty list of str, got {texts!r:.80}.")
-
-
 def _is_pixel_batch(images):
     return isinstance(images, (np.ndarray, tf.Tensor)) and len(images.shape) == 4
 
@@ -265,9 +252,9 @@ class Retriever:
             )
         self.model = model
         self.processor = processor
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = positive_int("batch_size", batch_size)
         if max_text_length is not None:
-            max_text_length = _positive_int("max_text_length", max_text_length)
+            max_text_length = positive_int("max_text_length", max_text_length)
         self.max_text_length = max_text_length
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
 
@@ -379,7 +366,7 @@ class Retriever:
 
     def embed_texts(self, texts):
         """(N, E) float32 L2-normalized ITC features of the texts (first token "[CLS]")."""
-        return self._text_features(*self._tokenize(_as_text_list(texts)))
+        return self._text_features(*self._tokenize(text_list(texts)))
 
     def image_gallery(self, images, ids=None, *, keep_image_states=False, metadata=None):
         """A Gallery of the images' ITC features.
@@ -409,7 +396,7 @@ class Retriever:
 
     def text_gallery(self, texts, ids=None, *, metadata=None):
         """A Gallery of the texts' ITC features; `ids` default to 0..N-1."""
-        texts = _as_text_list(texts)
+        texts = text_list(texts)
         return Gallery(
             embeddings=self.embed_texts(texts),
             ids=list(range(len(texts))) if ids is None else ids,
@@ -427,7 +414,7 @@ class Retriever:
         logit + ITC similarity, as the original evaluation (its k_test: 256 on COCO, 128 on
         Flickr30k).
         """
-        texts = _as_text_list(texts)
+        texts = text_list(texts)
         _check_gallery(gallery, "image")
         k, search_k = _search_sizes(k, rerank_k)
         input_ids, attention_mask = self._tokenize(texts)
@@ -507,10 +494,10 @@ def _check_gallery(gallery, modality):
 
 def _search_sizes(k, rerank_k):
     """(k, how many ITC candidates to fetch)."""
-    k = _positive_int("k", k)
+    k = positive_int("k", k)
     if rerank_k is None:
         return k, k
-    rerank_k = _positive_int("rerank_k", rerank_k)
+    rerank_k = positive_int("rerank_k", rerank_k)
     if rerank_k < k:
         raise ValueError(f"rerank_k ({rerank_k}) must be at least k ({k}).")
     return k, rerank_k
@@ -550,7 +537,7 @@ def recall_at_k(ranked_ids, relevant, ks=(1, 5, 10)):
         raise ValueError(
             f"Got {len(ranked_ids)} rankings but relevant ids for {len(relevant)} queries."
         )
-    ks = [_positive_int("every k in ks", k) for k in ks]
+    ks = [positive_int("every k in ks", k) for k in ks]
     if not ks:
         raise ValueError("ks is empty.")
     first_relevant_ranks = []

@@ -13,12 +13,12 @@ already prepared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from tfblip.arguments import positive_int, text_list
 from tfblip.modeling.blip import (
     TFBlipForConditionalGeneration,
     TFBlipForImageTextRetrieval,
@@ -56,20 +56,6 @@ class CaptionScore(NamedTuple):
     mean_log_likelihood: float
     num_tokens: int
     itm_probability: float | None = None
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    return int(value)
-
-
-def _text_list(texts, name):
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, Sequence) and texts and all(isinstance(t, str) for t in texts):
-        return list(texts)
-    raise TypeError(f"{name} must be a str or a non-empty list of str, got {texts!r:.80}.")
 
 
 def _check_model(model, cls, name="model"):
@@ -168,9 +154,9 @@ def rank_answers(
             original); None keeps them whole.
     """
     _check_model(model, TFBlipForQuestionAnswering)
-    questions = _text_list(questions, "questions")
-    candidates = _text_list(candidates, "candidates")
-    batch_size = _positive_int("batch_size", batch_size)
+    questions = text_list(questions, "questions")
+    candidates = text_list(candidates, "candidates")
+    batch_size = positive_int("batch_size", batch_size)
     text_config = model.config.text_config
     positions = text_config.max_position_embeddings
     candidate_ids, candidate_mask = _tokenize(processor, candidates, positions)
@@ -241,8 +227,8 @@ def score_captions(
         _check_model(retrieval_model, TFBlipForImageTextRetrieval, "retrieval_model")
     if prompt is not None and not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str or None, got {type(prompt).__name__}.")
-    texts = _text_list(texts, "texts")
-    batch_size = _positive_int("batch_size", batch_size)
+    texts = text_list(texts, "texts")
+    batch_size = positive_int("batch_size", batch_size)
     text_config = model.config.text_config
     input_ids, attention_mask = _tokenize(
         processor,
