@@ -2,12 +2,14 @@
 
 The subprocess (`saved_model_client.py`) runs with tfblip and keras made unimportable, using
 only tensorflow (and tensorflow-serving-api's protos to read the warm-up file), as TF Serving
-would; its outputs must equal what the Python API gives for the same image files and texts.
+would. Every export is loaded three ways: the TF2 object loader, a TF1 Session (as
+`saved_model_cli run`), and the C++ `tensorflow::LoadSavedModel` + `Session::Run` that TF
+Serving calls (`serving_loader.cc`, compiled here against the TensorFlow wheel). Each loader's
+outputs, for every signature, must equal what the Python API gives for the same inputs.
 """
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,14 +19,17 @@ import tensorflow as tf
 import transformers
 from PIL import Image
 from reference import randomize_keras, tiny_processor_config
+from serving_loader import BuildError, build_serving_loader
 from skimage import data
 from tensorflow.core.protobuf import saved_model_pb2
 from test_processing import _build_vocab, _write_salesforce_dir
 
 import tfblip
 from tfblip.export.saved_model import export_saved_model
+from tfblip.export.text_ops import GraphTokenizer
 
 CLIENT = os.path.join(os.path.dirname(__file__), "saved_model_client.py")
+LOADERS = ["tf2", "session", "cpp"]
 PROMPTS = ["a picture of", "the", "an old photo of two"]
 QUESTIONS = ["what is in the picture?", "how many cats are there?", "is it red"]
 TEXTS = ["an astronaut", "a cat sitting on a couch", "coffee"]
@@ -103,10 +108,15 @@ def exports(checkpoint, models, tmp_path_factory):
     return directories
 
 
-def _requests(exports, images):
-    """Every signature at batch 1 and 3, plus a batch with a corrupt image."""
+def _requests(exports, images, processor):
+    """Every signature at batch 1 and 3, plus bad requests."""
     files = [f"file:{path}" for path in images]
     requests = []
+    pixels = processor(images=images, return_tensors="np")["pixel_values"].tolist()
+
+    def ids(texts):
+        encoded = processor(text=texts, padding=True, return_tensors="np")
+        return encoded["input_ids"].tolist(), encoded["attention_mask"].tolist()
 
     def add(task, signature, inputs, batch):
         sliced = {k: v[:batch] for k, v in inputs.items()}
@@ -123,6 +133,20 @@ def _requests(exports, images):
         add("features", "serving_default", {"image_bytes": files}, batch)
         add("features", "image_embeds", {"image_bytes": files}, batch)
         add("features", "text_embeds", {"text": TEXTS}, batch)
+        add("caption", "caption_from_pixels", {"pixel_values": pixels}, batch)
+        for task, signature, texts in (
+            ("caption", "caption_with_prompt_from_pixels", PROMPTS),
+            ("vqa", "vqa_from_pixels", QUESTIONS),
+            ("retrieval", "retrieval_from_pixels", TEXTS),
+        ):
+            # Padded as the Python API pads the batch it is given.
+            input_ids, attention_mask = ids(texts[:batch])
+            inputs = {"pixel_values": pixels, "input_ids": input_ids}
+            add(task, signature, {**inputs, "attention_mask": attention_mask}, batch)
+        add("features", "image_embeds_from_pixels", {"pixel_values": pixels}, batch)
+        input_ids, attention_mask = ids(TEXTS[:batch])
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        add("features", "text_embeds_from_ids", inputs, batch)
     corrupt = [files[0], "not an image at all", files[2]]
     add("caption", "serving_default", {"image_bytes": corrupt}, 3)
     requests[-1]["key"] = "corrupt"
@@ -137,15 +161,30 @@ def _requests(exports, images):
 
 
 @pytest.fixture(scope="module")
-def served(exports, images, tmp_path_factory):
+def serving_loader_binary(tmp_path_factory):
+    try:
+        return build_serving_loader(str(tmp_path_factory.mktemp("cpp")))
+    except BuildError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the C++ loader tests, but: {error}")
+        pytest.skip(f"cannot build the C++ SavedModel loader here: {error}")
+
+
+@pytest.fixture(scope="module", params=LOADERS)
+def served(request, checkpoint, exports, images, tmp_path_factory):
     """Outputs of the exported models, run in a fresh process with TensorFlow only."""
-    directory = tmp_path_factory.mktemp("client")
-    requests = _requests({k: str(v) for k, v in exports.items()}, images)
+    processor, _ = checkpoint
+    loader = request.param
+    directory = tmp_path_factory.mktemp(f"client_{loader}")
+    requests = _requests({k: str(v) for k, v in exports.items()}, images, processor)
     requests_path, results_path = directory / "requests.json", directory / "results.npz"
     requests_path.write_text(json.dumps(requests))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, CLIENT, loader, str(requests_path), str(results_path)]
+    if loader == "cpp":
+        command.append(request.getfixturevalue("serving_loader_binary"))
     completed = subprocess.run(
-        [sys.executable, CLIENT, str(requests_path), str(results_path)],
+        command,
         check=False,
         capture_output=True,
         text=True,
@@ -175,11 +214,12 @@ def test_caption_signatures_match_generate(checkpoint, models, images, served, b
     model = models["caption"]
     pixels = processor(images=images[:batch], return_tensors="tf")["pixel_values"]
     expected = model.generate(pixels, **CAPTION_OPTIONS)
-    key = f"caption:serving_default:{batch}"
-    np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
-    assert _decoded(served, key, "caption") == processor.batch_decode(
-        expected, skip_special_tokens=True
-    )
+    for signature in ("serving_default", "caption_from_pixels"):
+        key = f"caption:{signature}:{batch}"
+        np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
+        assert _decoded(served, key, "caption") == processor.batch_decode(
+            expected, skip_special_tokens=True
+        )
 
     inputs = _python_inputs(processor, images, PROMPTS, batch)
     expected = model.generate(
@@ -188,11 +228,12 @@ def test_caption_signatures_match_generate(checkpoint, models, images, served, b
         attention_mask=inputs["attention_mask"],
         **CAPTION_OPTIONS,
     )
-    key = f"caption:caption_with_prompt:{batch}"
-    np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
-    captions = _decoded(served, key, "caption")
-    assert captions == processor.batch_decode(expected, skip_special_tokens=True)
-    assert all(c.startswith(p) for c, p in zip(captions, PROMPTS))
+    for signature in ("caption_with_prompt", "caption_with_prompt_from_pixels"):
+        key = f"caption:{signature}:{batch}"
+        np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
+        captions = _decoded(served, key, "caption")
+        assert captions == processor.batch_decode(expected, skip_special_tokens=True)
+        assert all(c.startswith(p) for c, p in zip(captions, PROMPTS))
 
 
 def test_captions_are_informative(served):
@@ -211,11 +252,12 @@ def test_vqa_signature_matches_generate(checkpoint, models, images, served, batc
         attention_mask=inputs["attention_mask"],
         max_new_tokens=5,
     )
-    key = f"vqa:serving_default:{batch}"
-    np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
-    assert _decoded(served, key, "answer") == processor.batch_decode(
-        expected, skip_special_tokens=True
-    )
+    for signature in ("serving_default", "vqa_from_pixels"):
+        key = f"vqa:{signature}:{batch}"
+        np.testing.assert_array_equal(served[f"{key}/token_ids"], expected.numpy())
+        assert _decoded(served, key, "answer") == processor.batch_decode(
+            expected, skip_special_tokens=True
+        )
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -225,13 +267,14 @@ def test_retrieval_signature_matches_model(checkpoint, models, images, served, b
     inputs = _python_inputs(processor, images, TEXTS, batch)
     itm = model(**inputs, use_itm_head=True).itm_score
     itc = model(**inputs, use_itm_head=False).itm_score
-    key = f"retrieval:serving_default:{batch}"
-    np.testing.assert_allclose(
-        served[f"{key}/itm_probability"], tf.nn.softmax(itm)[:, 1], rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(
-        served[f"{key}/itc_similarity"], np.diag(itc.numpy()), rtol=1e-5, atol=1e-6
-    )
+    for signature in ("serving_default", "retrieval_from_pixels"):
+        key = f"retrieval:{signature}:{batch}"
+        np.testing.assert_allclose(
+            served[f"{key}/itm_probability"], tf.nn.softmax(itm)[:, 1], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            served[f"{key}/itc_similarity"], np.diag(itc.numpy()), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -243,37 +286,14 @@ def test_feature_signatures_match_model(checkpoint, models, images, served, batc
     text_embeds = model.get_text_features(
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
     )
-    for signature in ("serving_default", "image_embeds"):
+    for signature in ("serving_default", "image_embeds", "image_embeds_from_pixels"):
         np.testing.assert_allclose(
             served[f"features:{signature}:{batch}/image_embeds"], image_embeds, atol=1e-5
         )
-    np.testing.assert_allclose(
-        served[f"features:text_embeds:{batch}/text_embeds"], text_embeds, atol=1e-5
-    )
-
-
-def test_from_pixels_signatures_match_bytes_signatures(checkpoint, images, exports):
-    processor, _ = checkpoint
-    inputs = _python_inputs(processor, images, PROMPTS, 3)
-    pixels, ids, mask = inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-    image_bytes = tf.constant([pathlib.Path(p).read_bytes() for p in images])
-    caption = tf.saved_model.load(str(exports["caption"])).signatures
-    by_bytes = caption["serving_default"](image_bytes=image_bytes)
-    by_pixels = caption["caption_from_pixels"](pixel_values=pixels)
-    np.testing.assert_array_equal(by_bytes["token_ids"], by_pixels["token_ids"])
-    prompted = caption["caption_with_prompt_from_pixels"](
-        pixel_values=pixels, input_ids=ids, attention_mask=mask
-    )
-    expected = caption["caption_with_prompt"](image_bytes=image_bytes, prompt=tf.constant(PROMPTS))
-    np.testing.assert_array_equal(prompted["caption"], expected["caption"])
-
-    features = tf.saved_model.load(str(exports["features"])).signatures
-    text = features["text_embeds_from_ids"](input_ids=ids, attention_mask=mask)["text_embeds"]
-    expected = features["text_embeds"](text=tf.constant(PROMPTS))["text_embeds"]
-    np.testing.assert_allclose(text, expected, atol=1e-6)
-    image = features["image_embeds_from_pixels"](pixel_values=pixels)["image_embeds"]
-    expected = features["image_embeds"](image_bytes=image_bytes)["image_embeds"]
-    np.testing.assert_allclose(image, expected, atol=1e-6)
+    for signature in ("text_embeds", "text_embeds_from_ids"):
+        np.testing.assert_allclose(
+            served[f"features:{signature}:{batch}/text_embeds"], text_embeds, atol=1e-5
+        )
 
 
 def test_bad_requests_give_clear_errors(served):
@@ -286,12 +306,52 @@ def test_warmup_requests_replay(exports, served):
     """The client replayed each export's warm-up file: one working request per signature."""
     for task, directory in exports.items():
         prefix = f"warmup:{directory}:"
-        replayed = {
-            str(served[key])
-            for key in served
-            if key.startswith(prefix) and key.endswith("/signature")
-        }
+        keys = [key[: -len("/signature")] for key in served if key.startswith(prefix)]
+        keys = [key for key in keys if f"{key}/signature" in served]
+        assert not [served[f"{key}/error"] for key in keys if f"{key}/error" in served], task
+        replayed = {str(served[f"{key}/signature"]) for key in keys}
         assert replayed == SIGNATURES[task], task
+
+
+def _saved_graph(directory):
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    return saved_model.meta_graphs[0].graph_def
+
+
+def _read_by_signatures(task, weight):
+    """The features signatures embed image and text apart: BlipModel's text cross-attention and
+    its contrastive temperature (`logit_scale`) are never read, so the export leaves them out."""
+    unused = "crossattention" in weight.path or weight.path.endswith("logit_scale")
+    return not (task == "features" and unused)
+
+
+def test_one_variable_handle_per_weight(checkpoint, models, exports):
+    """Each weight is one variable in the graph: the one the signatures read and the saver
+    restores. A second handle per weight is what broke TF Serving's loader and doubled memory.
+    Besides the weights, the graph holds one string variable per asset file (its path) and the
+    tokenizer's lookup tables."""
+    processor, _ = checkpoint
+    tables = list(
+        GraphTokenizer(processor)._flatten(
+            predicate=lambda x: isinstance(x, tf.saved_model.experimental.TrackableResource)
+        )
+    )
+    assert tables  # guards the count below
+    for task, directory in exports.items():
+        graph_def = _saved_graph(directory)
+        handles = [node.name for node in graph_def.node if node.op == "VarHandleOp"]
+        asset_paths = {
+            node.input[0]
+            for node in graph_def.node
+            if node.op == "AssignVariableOp" and node.input[1].startswith("asset_path_initializer")
+        }
+        assert len(asset_paths) == len(os.listdir(os.path.join(directory, "assets"))), task
+        weights = [weight for weight in models[task].weights if _read_by_signatures(task, weight)]
+        assert len(handles) == len(weights) + len(asset_paths), task
+        hash_tables = [node for node in graph_def.node if node.op.startswith("HashTable")]
+        assert len(hash_tables) == len(tables), task
 
 
 def _all_nodes(graph_def):
@@ -302,10 +362,7 @@ def _all_nodes(graph_def):
 
 def test_graphs_use_no_xla(exports):
     for task, directory in exports.items():
-        saved_model = saved_model_pb2.SavedModel()
-        with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
-            saved_model.ParseFromString(f.read())
-        graph_def = saved_model.meta_graphs[0].graph_def
+        graph_def = _saved_graph(directory)
         op_types = {node.op for node in _all_nodes(graph_def)}
         assert (
             "While" in op_types

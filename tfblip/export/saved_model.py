@@ -106,11 +106,13 @@ def _generation_options(model, task, generation_options):
     return options
 
 
-class _ServingModule(tf.Module):
-    """Holds the model, the in-graph tokenizer and the signature functions."""
+class _ServingFunctions:
+    """The signature functions of one task: the model, the in-graph tokenizer and the options.
+
+    A plain object, not a `tf.Module`: what gets saved is chosen by `_serving_root`.
+    """
 
     def __init__(self, model, processor, task, options, max_text_length):
-        super().__init__(name="tfblip_serving")
         self.model = model
         self.task = task
         self.options = options
@@ -271,9 +273,33 @@ class _ServingModule(tf.Module):
             if function is None:
                 function = tf.function(method, input_signature=specs, jit_compile=False)
                 functions[method.__name__] = function
-                setattr(self, f"_{method.__name__}_function", function)
             table[name] = function.get_concrete_function()
         return table
+
+
+def _serving_root(signatures, tokenizer, assets):
+    """The object `tf.saved_model.save` writes: the weights the signatures read, the tokenizer's
+    lookup tables and the assets, each exactly once.
+
+    It deliberately does not hold the Keras model. A Keras 3 variable wraps a `tf.Variable`, and
+    saving a Keras variable writes a second `tf.Variable` copied from the first
+    (`keras.Variable._export_to_saved_model_graph`). The signatures read the wrapped variables,
+    but the MetaGraph's saver restores only the copies, so TF Serving's C++ loader (and any TF1
+    Session) fails with "Could not find variable ...", and `tf.saved_model.load` keeps both:
+    twice the weights in memory. `keras.export.ExportArchive` has the same problem (it tracks
+    the Keras variables as well as the wrapped ones: three handles per weight). Tracking the
+    `tf.Variable`s the concrete functions capture gives one handle per weight, restored by the
+    saver and read by every signature.
+    """
+    root = tf.Module(name="tfblip_serving")
+    variables = {}
+    for function in signatures.values():
+        for variable in function.variables:
+            variables.setdefault(variable.ref(), variable)
+    root.model_variables = list(variables.values())
+    root.tokenizer = tokenizer
+    root.assets = assets
+    return root
 
 
 def _warmup_requests(image_processor, signatures):
@@ -350,8 +376,8 @@ def export_saved_model(
         if processor.model_max_length is not None:
             max_text_length = min(max_text_length, processor.model_max_length)
 
-    module = _ServingModule(model, processor, task, options, max_text_length)
-    signatures = module.signatures()
+    functions = _ServingFunctions(model, processor, task, options, max_text_length)
+    signatures = functions.signatures()
     with tempfile.TemporaryDirectory() as staging:
         # The processor and model config travel with the export, so it documents itself.
         processor.save_pretrained(staging)
@@ -364,11 +390,12 @@ def export_saved_model(
         }
         with open(os.path.join(staging, EXPORT_INFO_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
-        module.assets = [
+        assets = [
             tf.saved_model.Asset(os.path.join(staging, name))
             for name in sorted(os.listdir(staging))
         ]
-        tf.saved_model.save(module, export_dir, signatures=signatures)
+        root = _serving_root(signatures, functions.tokenizer, assets)
+        tf.saved_model.save(root, export_dir, signatures=signatures)
     if warmup:
         write_warmup_requests(export_dir, _warmup_requests(processor.image_processor, signatures))
     return export_dir
