@@ -20,7 +20,9 @@ tfblip is faster). Absolute times on a shared machine are noise; the ratios are 
 - saved_model: the caption export (`tfblip.export_saved_model`) loaded with
   `tf.saved_model.load` and run in graph mode without XLA, as stock TF Serving runs it, on JPEG
   bytes (decoding, preprocessing, 20 greedy tokens, detokenizing) against transformers doing
-  the same work from the same bytes.
+  the same work from the same bytes. Beside it, the memory a fresh process (TensorFlow alone)
+  gains by loading the export and answering one request, as a multiple of the checkpoint's
+  size, with the TF2 loader and with a TF1 Session (TF Serving's C++ runtime path).
 """
 
 import argparse
@@ -32,6 +34,18 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def cpu_model():
+    """The processor's model name (these benchmarks' ratios differ between CPU models)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def best_time(function, repeats):
@@ -251,6 +265,63 @@ def write_processor_files(directory):
     tfblip.BlipImageProcessor().save_pretrained(directory)
 
 
+# Runs in a fresh process: TensorFlow only, its runtime started by a first small op before the
+# baseline, then the export loaded and one request answered, either by the TF2 object loader
+# (`tf.saved_model.load`) or by a TF1 Session (`loader.load` + `Session.run`: the C++ runtime
+# path TF Serving takes). VmRSS is what the process holds afterwards; VmHWM its peak.
+SERVING_MEMORY_CHILD = """
+import json, sys
+import tensorflow as tf
+
+def status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field + " not in /proc/self/status")
+
+loader, export_dir, image_path = sys.argv[1:]
+with open(image_path, "rb") as f:
+    image = f.read()
+tf.reduce_sum(tf.matmul(tf.ones((8, 8)), tf.ones((8, 8)))).numpy()
+before = status_bytes("VmRSS")
+if loader == "tf2":
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    serve(image_bytes=tf.constant([image]))["caption"].numpy()
+    after = status_bytes("VmRSS")
+else:
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], export_dir)
+        signature = signature.signature_def["serving_default"]
+        session.run(
+            signature.outputs["caption"].name, {signature.inputs["image_bytes"].name: [image]}
+        )
+        after = status_bytes("VmRSS")
+print(json.dumps({"before": before, "after": after, "peak": status_bytes("VmHWM")}))
+"""
+
+
+def serving_memory(loader, export_dir, jpeg, checkpoint_bytes):
+    """(grown, peak growth) of a fresh process that loads `export_dir` with `loader` ("tf2" or
+    "session") and captions `jpeg`, each as a multiple of `checkpoint_bytes`."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as image:
+        image.write(jpeg)
+        image.flush()
+        completed = subprocess.run(
+            [sys.executable, "-c", SERVING_MEMORY_CHILD, loader, export_dir, image.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    sizes = json.loads(completed.stdout.strip().splitlines()[-1])
+    grown = (sizes["after"] - sizes["before"]) / checkpoint_bytes
+    return grown, (sizes["peak"] - sizes["before"]) / checkpoint_bytes
+
+
 def benchmark_saved_model(repeats):
     """The exported caption SavedModel (graph mode, no XLA, as stock TF Serving runs it) on
     JPEG bytes, against transformers decoding the JPEG, preprocessing, generating and
@@ -276,6 +347,11 @@ def benchmark_saved_model(repeats):
         start = time.perf_counter()
         tfblip.export_saved_model(model, processor, export_dir, **FIXED_20_TOKENS)
         export_time = time.perf_counter() - start
+        checkpoint_bytes = os.path.getsize(os.path.join(directory, "model.safetensors"))
+        memory = {
+            loader: serving_memory(loader, export_dir, jpeg, checkpoint_bytes)
+            for loader in ("tf2", "session")
+        }
         start = time.perf_counter()
         serve = tf.saved_model.load(export_dir).signatures["serving_default"]
         images = tf.constant([jpeg])
@@ -295,12 +371,18 @@ def benchmark_saved_model(repeats):
     ours = best_time(run_saved_model, repeats)
     theirs = best_time(run_torch, repeats)
     assert first_caption.shape == (1,)
-    return report(
+    ratio = report(
         "SavedModel caption, JPEG, batch 1, greedy",
         ours,
         theirs,
         f"   (export {export_time:.0f} s, load + first call {first_call:.1f} s)",
     )
+    for loader, (grown, peak) in memory.items():
+        print(
+            f"{'SavedModel load + 1 request, ' + loader:<40} process grew {grown:.2f}x the "
+            f"checkpoint ({checkpoint_bytes / 2**20:.0f} MiB), peak {peak:.2f}x"
+        )
+    return ratio
 
 
 BENCHMARKS = {
@@ -321,7 +403,7 @@ def main():
     import torch
 
     print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{cpu_model()}, {os.cpu_count()} CPUs; "
         f"tensorflow {tf.__version__}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads)"
     )

@@ -9,6 +9,7 @@ themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask in
 of strings).
 """
 
+import functools
 import io
 import json
 import os
@@ -109,6 +110,12 @@ def _generation_options(model, task, generation_options):
 class _ServingFunctions:
     """The signature functions of one task: the model, the in-graph tokenizer and the options.
 
+    Each task runs its model in one graph function per kind of output (the `*_from_pixels` /
+    `*_from_ids` ones); the signatures that take bytes, strings or no prompt only prepare its
+    inputs and call it. The export then holds each model graph once instead of once per
+    signature (the caption graph, decoding loop included, is shared by four), which keeps
+    TensorFlow's memory and load time down wherever the export is loaded.
+
     A plain object, not a `tf.Module`: what gets saved is chosen by `_serving_root`.
     """
 
@@ -119,9 +126,26 @@ class _ServingFunctions:
         self._image_processor = processor.image_processor
         self.tokenizer = GraphTokenizer(processor, max_length=max_text_length)
         image_size = model.config.vision_config.image_size
-        self._pixel_spec = tf.TensorSpec(
-            [None, 3, image_size, image_size], tf.float32, name="pixel_values"
+        pixels = tf.TensorSpec([None, 3, image_size, image_size], tf.float32, name="pixel_values")
+        ids = tf.TensorSpec([None, None], tf.int32, name="input_ids")
+        mask = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
+        self.caption_with_prompt_from_pixels = _graph(self._caption, pixels, ids, mask)
+        self.vqa_from_pixels = _graph(self._vqa, pixels, ids, mask)
+        self.retrieval_from_pixels = _graph(self._retrieval, pixels, ids, mask)
+        self.image_embeds_from_pixels = _graph(self._image_embeds, pixels)
+        self.text_embeds_from_ids = _graph(self._text_embeds, ids, mask)
+        string = functools.partial(tf.TensorSpec, [None], tf.string)
+        self.caption = _graph(self._caption_bytes, string(name="image_bytes"))
+        self.caption_with_prompt = _graph(
+            self._caption_with_prompt_bytes, string(name="image_bytes"), string(name="prompt")
         )
+        self.caption_from_pixels = _graph(self._caption_without_prompt, pixels)
+        self.vqa = _graph(self._vqa_bytes, string(name="image_bytes"), string(name="question"))
+        self.retrieval = _graph(
+            self._retrieval_bytes, string(name="image_bytes"), string(name="text")
+        )
+        self.image_embeds = _graph(self._image_embeds_bytes, string(name="image_bytes"))
+        self.text_embeds = _graph(self._text_embeds_strings, string(name="text"))
 
     # -------------------------------------------------------------- building blocks
 
@@ -160,21 +184,20 @@ class _ServingFunctions:
 
     # -------------------------------------------------------------- caption
 
-    def caption_from_pixels(self, pixel_values):
-        states = self._image_states(pixel_values)
-        ids, mask = self.model.decoder_prompt(tf.shape(states)[0])
-        return self._generate(states, all_ones_mask(states), ids, mask, "caption")
-
-    def caption_with_prompt_from_pixels(self, pixel_values, input_ids, attention_mask):
+    def _caption(self, pixel_values, input_ids, attention_mask):
         self._same_batch(pixel_values, input_ids)
         states = self._image_states(pixel_values)
         ids, mask = self.model.decoder_prompt(tf.shape(states)[0], input_ids, attention_mask)
         return self._generate(states, all_ones_mask(states), ids, mask, "caption")
 
-    def caption(self, image_bytes):
+    def _caption_without_prompt(self, pixel_values):
+        ids = self.model.unprompted_input_ids(tf.shape(pixel_values)[0])
+        return self.caption_with_prompt_from_pixels(pixel_values, ids, tf.ones_like(ids))
+
+    def _caption_bytes(self, image_bytes):
         return self.caption_from_pixels(self._pixels(image_bytes))
 
-    def caption_with_prompt(self, image_bytes, prompt):
+    def _caption_with_prompt_bytes(self, image_bytes, prompt):
         input_ids, attention_mask = self.tokenizer.tokenize(prompt)
         return self.caption_with_prompt_from_pixels(
             self._pixels(image_bytes), input_ids, attention_mask
@@ -182,7 +205,7 @@ class _ServingFunctions:
 
     # -------------------------------------------------------------- vqa
 
-    def vqa_from_pixels(self, pixel_values, input_ids, attention_mask):
+    def _vqa(self, pixel_values, input_ids, attention_mask):
         self._same_batch(pixel_values, input_ids)
         _, question_states = self.model.encode_question(
             input_ids, pixel_values, attention_mask=attention_mask
@@ -190,13 +213,13 @@ class _ServingFunctions:
         bos = tf.fill((tf.shape(input_ids)[0], 1), self.model.config.text_config.bos_token_id)
         return self._generate(question_states, attention_mask, bos, tf.ones_like(bos), "answer")
 
-    def vqa(self, image_bytes, question):
+    def _vqa_bytes(self, image_bytes, question):
         input_ids, attention_mask = self.tokenizer.tokenize(question)
         return self.vqa_from_pixels(self._pixels(image_bytes), input_ids, attention_mask)
 
     # -------------------------------------------------------------- retrieval
 
-    def retrieval_from_pixels(self, pixel_values, input_ids, attention_mask):
+    def _retrieval(self, pixel_values, input_ids, attention_mask):
         self._same_batch(pixel_values, input_ids)
         states = self._image_states(pixel_values)
         itm_logits, _ = self.model.image_text_matching(states, input_ids, attention_mask)
@@ -208,73 +231,56 @@ class _ServingFunctions:
             "itc_similarity": tf.cast(tf.reduce_sum(image_feat * text_feat, axis=-1), tf.float32),
         }
 
-    def retrieval(self, image_bytes, text):
+    def _retrieval_bytes(self, image_bytes, text):
         input_ids, attention_mask = self.tokenizer.tokenize(text)
         return self.retrieval_from_pixels(self._pixels(image_bytes), input_ids, attention_mask)
 
     # -------------------------------------------------------------- features
 
-    def image_embeds_from_pixels(self, pixel_values):
+    def _image_embeds(self, pixel_values):
         embeds = self.model.get_image_features(pixel_values=pixel_values)
         return {"image_embeds": tf.cast(embeds, tf.float32)}
 
-    def text_embeds_from_ids(self, input_ids, attention_mask):
+    def _text_embeds(self, input_ids, attention_mask):
         embeds = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return {"text_embeds": tf.cast(embeds, tf.float32)}
 
-    def image_embeds(self, image_bytes):
+    def _image_embeds_bytes(self, image_bytes):
         return self.image_embeds_from_pixels(self._pixels(image_bytes))
 
-    def text_embeds(self, text):
+    def _text_embeds_strings(self, text):
         return self.text_embeds_from_ids(*self.tokenizer.tokenize(text))
 
     # -------------------------------------------------------------- signatures
 
     def signatures(self):
         """{signature name: concrete function} for this task; `serving_default` first."""
-        images = tf.TensorSpec([None], tf.string, name="image_bytes")
-        ids = tf.TensorSpec([None, None], tf.int32, name="input_ids")
-        mask = tf.TensorSpec([None, None], tf.int32, name="attention_mask")
-        pixels = self._pixel_spec
-
-        def strings(name):
-            return tf.TensorSpec([None], tf.string, name=name)
-
-        table = {
+        names = {
             "caption": {
-                "serving_default": (self.caption, [images]),
-                "caption_with_prompt": (self.caption_with_prompt, [images, strings("prompt")]),
-                "caption_from_pixels": (self.caption_from_pixels, [pixels]),
-                "caption_with_prompt_from_pixels": (
-                    self.caption_with_prompt_from_pixels,
-                    [pixels, ids, mask],
-                ),
+                "serving_default": self.caption,
+                "caption_with_prompt": self.caption_with_prompt,
+                "caption_from_pixels": self.caption_from_pixels,
+                "caption_with_prompt_from_pixels": self.caption_with_prompt_from_pixels,
             },
-            "vqa": {
-                "serving_default": (self.vqa, [images, strings("question")]),
-                "vqa_from_pixels": (self.vqa_from_pixels, [pixels, ids, mask]),
-            },
+            "vqa": {"serving_default": self.vqa, "vqa_from_pixels": self.vqa_from_pixels},
             "retrieval": {
-                "serving_default": (self.retrieval, [images, strings("text")]),
-                "retrieval_from_pixels": (self.retrieval_from_pixels, [pixels, ids, mask]),
+                "serving_default": self.retrieval,
+                "retrieval_from_pixels": self.retrieval_from_pixels,
             },
             "features": {
-                "serving_default": (self.image_embeds, [images]),
-                "image_embeds": (self.image_embeds, [images]),
-                "text_embeds": (self.text_embeds, [strings("text")]),
-                "image_embeds_from_pixels": (self.image_embeds_from_pixels, [pixels]),
-                "text_embeds_from_ids": (self.text_embeds_from_ids, [ids, mask]),
+                "serving_default": self.image_embeds,
+                "image_embeds": self.image_embeds,
+                "text_embeds": self.text_embeds,
+                "image_embeds_from_pixels": self.image_embeds_from_pixels,
+                "text_embeds_from_ids": self.text_embeds_from_ids,
             },
         }[self.task]
-        functions = {}
-        for name, (method, specs) in table.items():
-            # One tf.function per method, shared by the signatures that name it.
-            function = functions.get(method.__name__)
-            if function is None:
-                function = tf.function(method, input_signature=specs, jit_compile=False)
-                functions[method.__name__] = function
-            table[name] = function.get_concrete_function()
-        return table
+        return {name: function.get_concrete_function() for name, function in names.items()}
+
+
+def _graph(method, *input_signature):
+    """A graph function (no XLA: stock TF Serving runs without it) with a fixed signature."""
+    return tf.function(method, input_signature=list(input_signature), jit_compile=False)
 
 
 def _serving_root(signatures, tokenizer, assets):

@@ -372,14 +372,18 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
             options,
         )
 
+    def unprompted_input_ids(self, batch_size):
+        """The input captioning without a prompt starts from, as transformers: [bos, eos] per
+        image, prepared by `decoder_prompt` like any prompt."""
+        text_config = self.config.text_config
+        return tf.tile([[text_config.bos_token_id, text_config.eos_token_id]], [batch_size, 1])
+
     def decoder_prompt(self, batch_size, input_ids=None, attention_mask=None):
         """(ids, mask) decoding starts from: the prompt with bos for its first token and
         without its last one, or bos alone. Graph ops only (the SavedModel export uses it)."""
         text_config = self.config.text_config
         if input_ids is None:
-            input_ids = tf.tile(
-                [[text_config.bos_token_id, text_config.eos_token_id]], [batch_size, 1]
-            )
+            input_ids = self.unprompted_input_ids(batch_size)
         input_ids = tf.cast(input_ids, tf.int32)
         if attention_mask is None:
             attention_mask = tf.ones_like(input_ids)
