@@ -11,7 +11,7 @@ import skimage.data
 import torch
 import transformers
 
-from tfblip.image_processing import IMAGE_PROCESSOR_NAME, BlipImageProcessor
+from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, BlipImageProcessor
 
 TOL = 1e-5
 
@@ -341,6 +341,29 @@ def test_from_pretrained_transformers_config(photos, tmp_path):
         assert_close(run_ours(loaded, photos[:3]), run_hf(hf_proc, photos[:3]))
 
 
+def test_from_pretrained_transformers_5_processor_folder(photos, tmp_path):
+    # transformers 5's BlipProcessor.save_pretrained writes no preprocessor_config.json: the
+    # image settings are nested in processor_config.json.
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\ncat\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    saved = tmp_path / "processor"
+    transformers.BlipProcessor(
+        transformers.BlipImageProcessorPil(**NON_DEFAULT), tokenizer
+    ).save_pretrained(saved)
+    assert not (saved / IMAGE_PROCESSOR_NAME).exists() and (saved / PROCESSOR_NAME).exists()
+    reference = transformers.BlipImageProcessorPil.from_pretrained(saved)
+    expected = run_hf(reference, photos[:3])
+    for source in (saved, saved / PROCESSOR_NAME):
+        loaded = BlipImageProcessor.from_pretrained(source)
+        assert loaded.size == NON_DEFAULT["size"] and loaded.resample == 2
+        assert_close(run_ours(loaded, photos[:3]), expected)
+
+    # Beside a preprocessor_config.json, transformers takes the nested entry first; so do we.
+    BlipImageProcessor(size=16).save_pretrained(saved)
+    assert transformers.BlipImageProcessorPil.from_pretrained(saved).size.height == 224
+    assert BlipImageProcessor.from_pretrained(saved).size == NON_DEFAULT["size"]
+
+
 def test_save_pretrained_round_trip(photos, tmp_path):
     ours_proc = BlipImageProcessor(**NON_DEFAULT, processor_class="BlipProcessor", custom_key=[1])
     path = ours_proc.save_pretrained(tmp_path)
@@ -382,7 +405,10 @@ def test_legacy_config(photos, tmp_path):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json.*processor_config.json"):
+        BlipImageProcessor.from_pretrained(tmp_path)
+    (tmp_path / PROCESSOR_NAME).write_text(json.dumps({"processor_class": "BlipProcessor"}))
+    with pytest.raises(FileNotFoundError, match="'image_processor' entry"):
         BlipImageProcessor.from_pretrained(tmp_path)
     bad = tmp_path / IMAGE_PROCESSOR_NAME
     bad.write_text("{not json")

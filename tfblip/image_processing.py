@@ -23,7 +23,10 @@ base64 strings are not accepted; ``os.PathLike`` paths, 2-D grayscale arrays and
 tensors are.
 
 ``preprocessor_config.json`` files are read and written in transformers' format; keys this class
-does not use (``processor_class``, ``image_processor_type``, ...) are kept and written back.
+does not use (``processor_class``, ``image_processor_type``, ...) are kept and written back. A
+directory saved by transformers 5's ``BlipProcessor`` has no ``preprocessor_config.json``: its
+image settings are the ``"image_processor"`` entry of ``processor_config.json``, which
+:meth:`BlipImageProcessor.from_pretrained` reads as transformers does.
 """
 
 from __future__ import annotations
@@ -44,10 +47,14 @@ __all__ = [
     "IMAGE_PROCESSOR_NAME",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "PROCESSOR_NAME",
     "BlipImageProcessor",
 ]
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
+# transformers 5's processors save every sub-processor's settings in this one file.
+PROCESSOR_NAME = "processor_config.json"
+_NESTED_KEY = "image_processor"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -376,6 +383,19 @@ def _lookup_table(channels: int, opts: dict, label: str) -> np.ndarray:
     return np.ascontiguousarray(_rescale_normalize(values, opts, label)[:, :, 0], np.float32)
 
 
+def _read_json_object(file: str) -> dict[str, Any]:
+    with open(file, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file!r} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        # ValueError like invalid JSON: the file's content is wrong, not an argument's type.
+        raise ValueError(f"{file!r} must hold a JSON object, got {type(config).__name__}")  # noqa: TRY004
+    return config
+
+
 # --------------------------------------------------------------------------------------------
 # The processor.
 # --------------------------------------------------------------------------------------------
@@ -602,24 +622,41 @@ class BlipImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> BlipImageProcessor:
-        """Load from a directory holding ``preprocessor_config.json``, or from that file.
+        """Load the options saved in a directory or a config file.
 
-        ``kwargs`` override values from the file.
+        A directory is read as transformers reads it: the ``"image_processor"`` entry of
+        ``processor_config.json`` (what transformers 5's ``BlipProcessor.save_pretrained``
+        writes) when there is one, else ``preprocessor_config.json``.
+
+        Args:
+            path: a checkpoint or processor directory, or the path of either JSON file.
+            **kwargs: options that override the file's values.
+
+        Returns:
+            The image processor.
         """
         path = os.fspath(path)
-        file = os.path.join(path, IMAGE_PROCESSOR_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no image processor config found: {file!r} does not exist")
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file!r} is not valid JSON: {err}") from err
+        config = None
+        if os.path.isdir(path):
+            nested_file = os.path.join(path, PROCESSOR_NAME)
+            if os.path.isfile(nested_file):
+                config = _read_json_object(nested_file).get(_NESTED_KEY)
+            file = os.path.join(path, IMAGE_PROCESSOR_NAME)
+            if not isinstance(config, dict) and not os.path.isfile(file):
+                raise FileNotFoundError(
+                    f"no image processor config found in {path!r}: expected "
+                    f"{IMAGE_PROCESSOR_NAME}, or {PROCESSOR_NAME} with an {_NESTED_KEY!r} entry"
+                )
+        else:
+            file = path
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"no image processor config found: {file!r} does not exist")
         if not isinstance(config, dict):
-            # ValueError like invalid JSON: the file's content is wrong, not an argument's type.
-            raise ValueError(f"{file!r} must hold a JSON object, got {type(config).__name__}")  # noqa: TRY004
-        config.update(kwargs)
+            config = _read_json_object(file)
+            # A processor_config.json passed as a file holds the settings one level down.
+            if isinstance(config.get(_NESTED_KEY), dict):
+                config = config[_NESTED_KEY]
+        config = {**config, **kwargs}
         return cls(**config)
 
     def __repr__(self) -> str:
