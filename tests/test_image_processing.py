@@ -132,6 +132,26 @@ def test_file_exif_orientation_and_alpha(ours, hf, small_photo, tmp_path):
     assert_matches(ours, hf, paths)
 
 
+def test_alpha_option_gives_one_behaviour_for_every_input(ours, hf, small_photo, tmp_path):
+    rgba = small_photo.convert("RGBA")
+    rgba.putalpha(PIL.Image.linear_gradient("L").resize(rgba.size))
+    path = tmp_path / "alpha.png"
+    rgba.save(path)
+    inputs = {"path": str(path), "pil": rgba, "array": np.asarray(rgba)}
+    composited = run_hf(hf, [rgba])  # transformers' processor composites images onto white
+    dropped = run_hf(hf, [str(path)])  # its load_image drops a file's alpha
+    assert np.abs(composited - dropped).max() > 1
+
+    # The default is transformers' mix.
+    assert_close(run_ours(ours, [inputs["path"]]), dropped)
+    assert_close(run_ours(ours, [inputs["pil"], inputs["array"]]), np.repeat(composited, 2, 0))
+    for alpha, expected in (("white", composited), ("drop", dropped)):
+        processor = BlipImageProcessor(alpha=alpha)
+        for image in inputs.values():
+            assert_close(run_ours(processor, [image]), expected)
+            assert_close(run_ours(ours, [image], alpha=alpha), expected)
+
+
 def test_grayscale_2d_numpy(ours, hf):
     camera = skimage.data.camera()  # 2-D uint8
     assert camera.ndim == 2
@@ -382,6 +402,17 @@ def test_save_pretrained_round_trip(photos, tmp_path):
     np.testing.assert_array_equal(run_ours(reloaded, photos[:3]), expected)
 
 
+def test_alpha_round_trips_and_transformers_reads_the_file(photos, tmp_path):
+    assert BlipImageProcessor().to_dict()["alpha"] is None
+    processor = BlipImageProcessor(alpha="drop", size=32)
+    saved = json.loads(pathlib.Path(processor.save_pretrained(tmp_path)).read_text())
+    assert saved["alpha"] == "drop"
+    assert BlipImageProcessor.from_pretrained(tmp_path).alpha == "drop"
+    # transformers keeps the unknown key as an attribute and preprocesses as before.
+    reference = transformers.BlipImageProcessorPil.from_pretrained(tmp_path)
+    assert_close(run_ours(processor, photos[:2]), run_hf(reference, photos[:2]))
+
+
 def test_legacy_config(photos, tmp_path):
     legacy = {
         "do_normalize": True,
@@ -437,6 +468,11 @@ def test_option_errors(small_photo):
         BlipImageProcessor(do_center_crop=True)
     with pytest.raises(ValueError, match="do_pad"):
         BlipImageProcessor()(small_photo, do_pad=True)
+    for alpha in ("black", True, ["white"]):
+        with pytest.raises(ValueError, match="alpha must be None .*'white' or 'drop'"):
+            BlipImageProcessor(alpha=alpha)
+    with pytest.raises(ValueError, match="alpha must be"):
+        BlipImageProcessor()(small_photo, alpha="composite")
     # Values that change nothing are accepted.
     BlipImageProcessor()(small_photo, do_center_crop=False, data_format="channels_first")
     with pytest.raises(ValueError, match=r"image 1: image_mean has 3 values .* 1 channels"):

@@ -22,6 +22,12 @@ File paths are opened like transformers' ``load_image``: EXIF orientation applie
 base64 strings are not accepted; ``os.PathLike`` paths, 2-D grayscale arrays and TensorFlow
 tensors are.
 
+So by default the same RGBA PNG gives different pixels as a path (alpha dropped) and as a PIL
+image (composited onto white), as in transformers. The ``alpha`` option, not in transformers,
+picks one behaviour for every kind of input: ``"white"`` composites paths too, ``"drop"``
+discards the alpha of PIL images and 4-channel arrays too (a ``transparency`` colour keeps its
+colour, as ``convert("RGB")`` does for files).
+
 ``preprocessor_config.json`` files are read and written in transformers' format; keys this class
 does not use (``processor_class``, ``image_processor_type``, ...) are kept and written back. A
 directory saved by transformers 5's ``BlipProcessor`` has no ``preprocessor_config.json``: its
@@ -70,6 +76,7 @@ _OPTIONS = (
     "image_mean",
     "image_std",
     "do_convert_rgb",
+    "alpha",
 )
 _DEFAULTS = {
     "do_resize": True,
@@ -81,7 +88,11 @@ _DEFAULTS = {
     "image_mean": OPENAI_CLIP_MEAN,
     "image_std": OPENAI_CLIP_STD,
     "do_convert_rgb": True,
+    "alpha": None,
 }
+# How RGB conversion treats transparency: None is transformers' behaviour (paths drop it, images
+# and arrays are composited onto white); the others apply to every kind of input.
+_ALPHA_MODES = (None, "white", "drop")
 # Options transformers' image processors know but this class does not implement. Each maps to a
 # test of the values that leave the output unchanged; any other value is refused.
 _INERT_OPTIONS = {
@@ -171,7 +182,18 @@ def _check_stats(name: str, value: Any) -> float | tuple[float, ...]:
     return result
 
 
+def _check_alpha(value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and value in _ALPHA_MODES):
+        raise ValueError(
+            f"alpha must be None (transformers' behaviour: dropped for file paths, composited "
+            f"onto white for PIL images and arrays), 'white' or 'drop'; got {value!r}"
+        )
+    return value
+
+
 def _check_option(name: str, value: Any) -> Any:
+    if name == "alpha":
+        return _check_alpha(value)
     if name == "size":
         return _check_size(value)
     if name == "resample":
@@ -209,8 +231,9 @@ def _check_pil_size(image: PIL.Image.Image, label: str) -> None:
         )
 
 
-def _load_path(path: str | os.PathLike, label: str) -> PIL.Image.Image:
-    """Open an image file as transformers' ``load_image`` does: EXIF orientation, then RGB."""
+def _load_path(path: str | os.PathLike, label: str, alpha: str) -> PIL.Image.Image:
+    """Open an image file as transformers' ``load_image`` does: EXIF orientation, then RGB
+    (``alpha`` as in :func:`_pil_to_rgb`; transformers drops it)."""
     name = os.fsdecode(os.fspath(path))
     if name.startswith(("http://", "https://")):
         raise ValueError(f"{label}: URLs are not supported; download the image first")
@@ -234,16 +257,18 @@ def _load_path(path: str | os.PathLike, label: str) -> PIL.Image.Image:
             image = PIL.ImageOps.exif_transpose(image)  # a new image, independent of the file
         except Exception as err:
             raise ValueError(f"{label}: cannot read image file ({err})") from err
-    # convert("RGB") of an RGB image is a copy with the same pixels and info.
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return _pil_to_rgb(image, alpha)
 
 
-def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """transformers' ``convert_to_rgb`` for PIL images."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
+def _pil_to_rgb(image: PIL.Image.Image, alpha: str) -> PIL.Image.Image:
+    """RGB of a PIL image: with ``alpha="white"`` transformers' ``convert_to_rgb`` (alpha bands
+    and ``transparency`` colours composited onto white), with ``"drop"`` ``convert("RGB")``."""
+    transparent = "A" in image.getbands() or image.info.get("transparency") is not None
+    if alpha == "white" and transparent:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    # convert("RGB") of an RGB image is a copy with the same pixels and info.
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -259,11 +284,14 @@ def _infer_channels_first(shape: tuple[int, ...], label: str) -> bool:
     )
 
 
-def _array_to_rgb(chw: np.ndarray, label: str) -> np.ndarray:
-    """transformers' ``convert_to_rgb`` for arrays, on (C, H, W)."""
+def _array_to_rgb(chw: np.ndarray, label: str, alpha: str) -> np.ndarray:
+    """transformers' ``convert_to_rgb`` for arrays, on (C, H, W); ``alpha="drop"`` takes the
+    first 3 of 4 channels instead of compositing them onto white."""
     channels = chw.shape[0]
     if channels == 1:
         return np.repeat(chw, 3, axis=0)
+    if channels == 4 and alpha == "drop":
+        return chw[:3]
     if channels == 4:
         dtype = chw.dtype
         if np.issubdtype(dtype, np.floating) and (chw.min() < 0.0 or chw.max() > 1.0):
@@ -289,7 +317,7 @@ def _to_numpy(image: Any) -> np.ndarray | None:
 
 
 def _prepare_array(
-    array: np.ndarray, label: str, convert_rgb: bool, channels_last: bool = False
+    array: np.ndarray, label: str, convert_rgb: bool, alpha: str, channels_last: bool = False
 ) -> np.ndarray:
     """A (C, H, W) array from a 2-D or 3-D array, RGB-converted if asked."""
     if array.dtype.kind not in "buif":
@@ -308,7 +336,7 @@ def _prepare_array(
     if array.shape[1] == 0 or array.shape[2] == 0:
         raise ValueError(f"{label}: image has zero size (array shape {array.shape})")
     if convert_rgb:
-        array = _array_to_rgb(array, label)
+        array = _array_to_rgb(array, label, alpha)
     return array
 
 
@@ -413,6 +441,11 @@ class BlipImageProcessor:
         do_normalize: subtract ``image_mean`` and divide by ``image_std`` per channel.
         image_mean, image_std: a number or one number per channel.
         do_convert_rgb: convert every image to 3-channel RGB first.
+        alpha: how transparency is treated when converting to RGB (not a transformers option).
+            ``None``: as transformers, dropped for file paths and composited onto white for PIL
+            images and arrays. ``"white"``: composited onto white for every input.
+            ``"drop"``: discarded for every input (``convert("RGB")``, the first 3 channels of
+            an array).
         **kwargs: other keys of a ``preprocessor_config.json`` (``processor_class``,
             ``image_processor_type``, ...), kept and written back by :meth:`to_dict`. Options
             other transformers image processors act on (``do_center_crop``, ``do_pad``, ...)
@@ -432,6 +465,7 @@ class BlipImageProcessor:
         image_mean: float | Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: float | Sequence[float] = OPENAI_CLIP_STD,
         do_convert_rgb: bool = True,
+        alpha: str | None = None,
         **kwargs: Any,
     ) -> None:
         given = {
@@ -444,6 +478,7 @@ class BlipImageProcessor:
             "image_mean": image_mean,
             "image_std": image_std,
             "do_convert_rgb": do_convert_rgb,
+            "alpha": alpha,
         }
         for name, value in given.items():
             value = _DEFAULTS[name] if value is None else value
@@ -495,9 +530,13 @@ class BlipImageProcessor:
         """One image to a float32 (C, H, W) array, written into ``batch[index]`` if given."""
         convert_rgb = opts["do_convert_rgb"]
         size = (opts["size"]["height"], opts["size"]["width"])
+        # alpha=None is transformers' mix: load_image drops a file's alpha, convert_to_rgb
+        # composites images and arrays onto white.
+        file_alpha = "white" if opts["alpha"] == "white" else "drop"
+        image_alpha = "drop" if opts["alpha"] == "drop" else "white"
         if isinstance(image, (str, os.PathLike)):
             label = f"{label} ({os.fsdecode(os.fspath(image))!r})"
-            image = _load_path(image, label)
+            image = _load_path(image, label, file_alpha)
         elif isinstance(image, PIL.Image.Image) and getattr(image, "filename", None):
             label = f"{label} ({image.filename!r})"
         elif not isinstance(image, (PIL.Image.Image, np.ndarray)):
@@ -518,16 +557,16 @@ class BlipImageProcessor:
                 raise ValueError(f"{label}: cannot read image data ({err})") from err
             if convert_rgb or image.mode == "RGB":
                 # np.array(rgb) -> PIL -> resize in transformers gives the same pixels as this.
-                rgb = _pil_to_rgb(image) if convert_rgb else image
+                rgb = _pil_to_rgb(image, image_alpha) if convert_rgb else image
                 if opts["do_resize"]:
                     rgb = rgb.resize((size[1], size[0]), resample=opts["resample"])
                 chw = np.asarray(rgb).transpose(2, 0, 1)
             else:
-                chw = _prepare_array(np.array(image), label, False, channels_last=True)
+                chw = _prepare_array(np.array(image), label, False, image_alpha, channels_last=True)
                 if opts["do_resize"]:
                     chw = _resize_array(chw, size, opts["resample"], label)
         else:
-            chw = _prepare_array(image, label, convert_rgb)
+            chw = _prepare_array(image, label, convert_rgb, image_alpha)
             if opts["do_resize"]:
                 chw = _resize_array(chw, size, opts["resample"], label)
 
