@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -308,6 +309,42 @@ def test_repo_id_without_huggingface_hub_explains_local_use(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match=r"tfblip\[hub\].*local checkpoint directory"):
         tfblip.TFBlipForConditionalGeneration.from_pretrained("Salesforce/blip-not-local")
+
+
+def test_unknown_keywords_are_refused_for_local_paths(caption_checkpoint, monkeypatch):
+    _, directory = caption_checkpoint
+    model_class = tfblip.TFBlipForConditionalGeneration
+    for name in ("dtyp", "quantize"):
+        with pytest.raises(TypeError, match=rf"'{name}'.*config, dtype, image_size.*revision"):
+            model_class.from_pretrained(directory, **{name: "bfloat16"})
+    # Download options mean nothing for a local path: ignored, as transformers does.
+    model_class.from_pretrained(directory, revision="v1", cache_dir="unused", token="t")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    model_class.from_pretrained(directory, revision="v1")
+    with pytest.raises(TypeError, match="'max_workers'"):
+        model_class.from_pretrained(directory, max_workers=2)
+
+
+def test_hub_keywords_follow_snapshot_download(caption_checkpoint, monkeypatch):
+    _, directory = caption_checkpoint
+    downloads = []
+
+    def snapshot_download(repo_id, *, revision=None, cache_dir=None, allow_patterns=None):
+        downloads.append((repo_id, revision, cache_dir))
+        return str(directory)
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    model_class = tfblip.TFBlipForConditionalGeneration
+    model_class.from_pretrained("Salesforce/blip-test", revision="v1", cache_dir="cache")
+    assert downloads == [("Salesforce/blip-test", "v1", "cache")]
+    # token is an option of the real snapshot_download, not of this one.
+    for name in ("token", "quantize", "allow_patterns"):
+        with pytest.raises(TypeError, match=rf"'{name}'.*: cache_dir, revision\.$"):
+            model_class.from_pretrained("Salesforce/blip-test", **{name: "x"})
+    assert len(downloads) == 1
 
 
 # ----------------------------------------------------------------------------- bad inputs

@@ -7,6 +7,7 @@ Only the leaf parameter names and layouts (Dense kernel = transposed Linear weig
 are spelled out here.
 """
 
+import inspect
 import json
 import os
 
@@ -397,6 +398,44 @@ def pytorch_state_dict(model):
 
 # ----------------------------------------------------------------------------- hub
 
+# snapshot_download arguments that from_pretrained sets itself, or that would make it return
+# something other than the downloaded directory.
+_HUB_ARGUMENTS_SET_HERE = frozenset({"repo_id", "allow_patterns", "dry_run"})
+# The download options accepted when huggingface_hub is not installed, so its signature cannot
+# be read: a local path ignores them (as transformers does), a repo id needs the package anyway.
+_COMMON_HUB_OPTIONS = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "revision", "token"}
+)
+
+
+def hub_download_options():
+    """Names of the keyword arguments that from_pretrained passes on to huggingface_hub's
+    `snapshot_download`: its named parameters in the installed version."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return _COMMON_HUB_OPTIONS
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(snapshot_download).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind in named) - _HUB_ARGUMENTS_SET_HERE
+
+
+def check_hub_options(caller, hub_kwargs, own_arguments):
+    """Raises a TypeError naming the keywords of `hub_kwargs` that are no download option.
+
+    A local path ignores the download options, so without this check a typo (`dtyp=`) or an
+    option of another release would be dropped without a word.
+    """
+    accepted = hub_download_options()
+    unknown = sorted(set(hub_kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. "
+            f"It takes {', '.join(own_arguments)} and, for downloads from the Hugging Face Hub "
+            f"(ignored for local paths), huggingface_hub.snapshot_download's options: "
+            f"{', '.join(sorted(accepted))}."
+        )
+
 
 def resolve_checkpoint_path(name_or_path, **hub_kwargs):
     """A local directory (or file) for `name_or_path`, downloading a hub repo id if needed."""
@@ -436,10 +475,25 @@ class PretrainedMixin:
         """Builds the model from a checkpoint directory, weights file or hub repo id.
 
         Besides Hugging Face checkpoints this reads the original Salesforce BLIP `.pth` files
-        (config inferred from the tensors; `image_size` resizes their position embeddings,
-        e.g. 224 -> 384) and transformers 4.x TensorFlow `tf_model.h5` files.
-        `dtype` is a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
+        (config inferred from the tensors) and transformers 4.x TensorFlow `tf_model.h5` files.
+
+        Args:
+            pretrained_model_name_or_path: a checkpoint directory, a weights file or a
+                Hugging Face Hub repo id (downloaded with huggingface_hub).
+            config: the model's config; by default read from the checkpoint.
+            dtype: a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
+            image_size: for original Salesforce `.pth` files only: resizes their position
+                embeddings (e.g. 224 -> 384).
+            **hub_kwargs: options of huggingface_hub's `snapshot_download` (`revision`,
+                `cache_dir`, `token`, ...), used for a repo id and ignored for a local path.
+                Any other keyword raises a TypeError.
+
+        Returns:
+            The model with the checkpoint's weights.
         """
+        check_hub_options(
+            f"{cls.__name__}.from_pretrained", hub_kwargs, ("config", "dtype", "image_size")
+        )
         path = resolve_checkpoint_path(os.fspath(pretrained_model_name_or_path), **hub_kwargs)
         directory = path if os.path.isdir(path) else os.path.dirname(path)
         original = os.path.isfile(path) and salesforce.is_salesforce_checkpoint(path)
