@@ -123,6 +123,77 @@ def test_saved_checkpoint_gives_transformers_the_same_logits(caption_checkpoint,
     assert_close(caption_logits(model), caption_logits(reloaded))
 
 
+# ----------------------------------------------------------------------------- towers
+
+FULL_CLASSES = [*TASK_CLASSES, "BlipForQuestionAnswering"]
+
+
+def saved_reference(class_name, directory, seed=25):
+    # VQA's answer decoder needs equal text and vision widths.
+    vision = {"hidden_size": 32} if class_name == "BlipForQuestionAnswering" else None
+    reference = reference_model(class_name, seed=seed, vision=vision)
+    reference.save_pretrained(directory)
+    return reference
+
+
+@pytest.mark.parametrize("class_name", FULL_CLASSES)
+def test_vision_tower_of_a_full_checkpoint(class_name, tmp_path, caplog):
+    reference = saved_reference(class_name, tmp_path)
+    model = tfblip.TFBlipVisionModel.from_pretrained(tmp_path)
+    assert "TFBlipVisionModel: loaded the vision_model.* tower" in caplog.text
+    pixels = pixel_values(seed=26)
+    with torch.no_grad():
+        expected = reference.vision_model(pixel_values=to_torch(pixels))
+    outputs = model(pixel_values=pixels)
+    assert_close(outputs.last_hidden_state, expected.last_hidden_state)
+    assert_close(outputs.pooler_output, expected.pooler_output)
+
+
+@pytest.mark.parametrize(
+    "class_name,tower",
+    [
+        ("BlipForImageTextRetrieval", "text_encoder"),
+        ("BlipForQuestionAnswering", "text_encoder"),
+        ("BlipModel", "text_model"),
+    ],
+)
+def test_text_tower_of_a_full_checkpoint(class_name, tower, tmp_path, caplog):
+    reference = saved_reference(class_name, tmp_path)
+    model = tfblip.TFBlipTextModel.from_pretrained(tmp_path)
+    assert f"TFBlipTextModel: loaded the {tower}.* tower" in caplog.text
+    input_ids, attention_mask = text_inputs(seed=27)
+    with torch.no_grad():
+        expected = getattr(reference, tower)(
+            input_ids=to_torch(input_ids), attention_mask=to_torch(attention_mask)
+        )
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask)
+    assert_close(outputs.last_hidden_state, expected.last_hidden_state)
+    if expected.pooler_output is None:
+        assert model.pooler is None and outputs.pooler_output is None
+    else:
+        assert_close(outputs.pooler_output, expected.pooler_output)
+
+
+def test_ambiguous_or_missing_text_tower_is_an_error(tmp_path):
+    saved_reference("BlipModel", tmp_path)
+    rewrite_weights(
+        tmp_path,
+        lambda tensors: tensors.update(
+            {
+                key.replace("text_model.", "text_encoder.", 1): value
+                for key, value in list(tensors.items())
+                if key.startswith("text_model.")
+            }
+        ),
+    )
+    with pytest.raises(CheckpointError, match=r"text_encoder\.\* and text_model\.\*.*ambiguous"):
+        tfblip.TFBlipTextModel.from_pretrained(tmp_path)
+    # A captioning checkpoint has only a decoder: no text tower to take.
+    saved_reference("BlipForConditionalGeneration", tmp_path / "caption")
+    with pytest.raises(CheckpointError, match="does not fit TFBlipTextModel: missing tensors"):
+        tfblip.TFBlipTextModel.from_pretrained(tmp_path / "caption")
+
+
 # ----------------------------------------------------------------------------- formats
 
 

@@ -9,6 +9,7 @@ are spelled out here.
 
 import inspect
 import json
+import logging
 import os
 
 import keras
@@ -19,6 +20,8 @@ from tfblip import salesforce, tf_h5
 from tfblip.configuration import CONFIG_NAME
 from tfblip.errors import CheckpointError
 from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
+
+logger = logging.getLogger(__name__)
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -226,6 +229,48 @@ class _DictSource:
         if hasattr(tensor, "detach"):
             tensor = tensor.detach().float().cpu().numpy()
         return np.asarray(tensor)
+
+
+class _PrefixedSource:
+    """The tensors of `source` whose keys start with `prefix`, without it: one tower of a full
+    BLIP checkpoint (`vision_model.embeddings...` read as `embeddings...`)."""
+
+    def __init__(self, source, prefix):
+        self._source = source
+        self._prefix = prefix
+        keys = source.keys()
+        self._keys = [key[len(prefix) :] for key in keys if key.startswith(prefix)]
+
+    def keys(self):
+        return list(self._keys)
+
+    def shape(self, key):
+        return self._source.shape(self._prefix + key)
+
+    def get(self, key, rows=None):
+        return self._source.get(self._prefix + key, rows)
+
+
+def select_tower(source, prefixes, model_name, checkpoint_name):
+    """(source, prefix): the one tower of a full checkpoint that `prefixes` name, or the whole
+    source and None when none is there (the checkpoint is the model's own).
+
+    Raises:
+        CheckpointError: several of `prefixes` hold tensors, so the tower is ambiguous.
+    """
+    keys = source.keys()
+    present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in keys)]
+    if not present:
+        return source, None
+    if len(present) > 1:
+        towers = " and ".join(f"{prefix}*" for prefix in present)
+        raise CheckpointError(
+            f"{checkpoint_name} holds several towers {model_name} could load ({towers}), so "
+            f"which one to take is ambiguous. Load the checkpoint's own model class and take "
+            f"the tower you want from it (model.{present[0].rstrip('.')}, ...); its "
+            "save_pretrained then writes a checkpoint of that tower alone."
+        )
+    return _PrefixedSource(source, present[0]), present[0]
 
 
 def _shard_files(directory, index_name):
@@ -466,7 +511,18 @@ def resolve_checkpoint_path(name_or_path, **hub_kwargs):
 
 
 class PretrainedMixin:
-    """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`)."""
+    """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`).
+
+    A tower class also sets `tower_prefixes`: where full BLIP checkpoints keep its tensors, so
+    that it can load its tower from them.
+    """
+
+    tower_prefixes = ()
+
+    @classmethod
+    def checkpoint_arguments(cls, keys):
+        """Constructor arguments that depend on which tensors the checkpoint holds."""
+        return {}
 
     @classmethod
     def from_pretrained(
@@ -509,7 +565,7 @@ class PretrainedMixin:
             )
             if config is None:
                 config = cls.config_class.from_dict(config_dict)
-            source = _DictSource(state_dict)
+            source, tower = _DictSource(state_dict), None
         else:
             if config is None:
                 config = cls.config_class.from_pretrained(directory)
@@ -519,9 +575,24 @@ class PretrainedMixin:
                 # fine-tuning made them differ: keep the head as trained.
                 text_config = getattr(config, "text_config", config)
                 text_config.tie_word_embeddings = False
-        kwargs = {"dtype": dtype} if dtype is not None else {}
+            whole_keys = source.keys()
+            source, tower = select_tower(source, cls.tower_prefixes, cls.__name__, path)
+        kwargs = cls.checkpoint_arguments(set(source.keys()))
+        if dtype is not None:
+            kwargs["dtype"] = dtype
         model = cls(config, **kwargs)
-        load_weights(model, source, checkpoint_name=path)
+        checkpoint_name = path if tower is None else f"the {tower}* tensors of {path}"
+        load_weights(model, source, checkpoint_name=checkpoint_name)
+        if tower is not None:
+            unused = sorted({key.split(".")[0] + ".*" for key in whole_keys} - {tower + "*"})
+            logger.warning(
+                "%s: loaded the %s* tower of the full BLIP checkpoint %s; its other tensors "
+                "(%s) are not used.",
+                cls.__name__,
+                tower,
+                path,
+                ", ".join(unused) or "none",
+            )
         if hasattr(model, "generation_defaults") and not original:
             model.generation_defaults = read_generation_config(directory)
         return model

@@ -473,9 +473,18 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
 
     Cross-attends to `encoder_hidden_states` when given. With `use_cache` (decoder only) it
     returns `past_key_values` to feed back with the next tokens.
+
+    `from_pretrained` also takes the text tower of a full BLIP checkpoint that has one: the
+    `text_encoder` of a retrieval or VQA checkpoint, the `text_model` of a BlipModel one.
     """
 
     config_class = BlipTextConfig
+    tower_prefixes = ("text_encoder.", "text_model.")
+
+    @classmethod
+    def checkpoint_arguments(cls, keys):
+        # The retrieval and VQA text encoders have no pooler; BlipModel's text model has one.
+        return {"add_pooling_layer": "pooler.dense.weight" in keys}
 
     def __init__(self, config, add_pooling_layer=True, **kwargs):
         super().__init__(**kwargs)
