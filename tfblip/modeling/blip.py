@@ -83,6 +83,11 @@ def start_with_enc_token(input_ids, config):
     return tf.concat([first, input_ids[:, 1:]], axis=1)
 
 
+def _check_objective(objective):
+    if objective not in ("itm", "itc"):
+        raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}.")
+
+
 def graph_function(model, name, function, *variant):
     """`function` as a tf.function, traced once per model and variant, then reused.
 
@@ -106,8 +111,6 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         self.vision_model = TFBlipVisionModel(
             config.vision_config, name="vision_model", dtype=self.dtype_policy
         )
-        # Decoding defaults; from_pretrained fills them from generation_config.json.
-        self.generation_defaults = {}
 
     def build(self, input_shape=None):
         """Every sublayer builds itself from the config when constructed."""
@@ -184,6 +187,27 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         for extra in self.losses:
             loss += self._aggregate_additional_loss(extra)
         return loss
+
+
+class _GeneratingTaskModel(_BlipTaskModel):
+    """A task model with generate(), and the decoding defaults it starts from.
+
+    Args:
+        config: the model's BlipConfig.
+        generation_defaults: generate() options used when a call does not give them;
+            from_pretrained reads them from the checkpoint's generation_config.json. Part of
+            get_config(), so a .keras file keeps them.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
+
+    def __init__(self, config, generation_defaults=None, **kwargs):
+        super().__init__(config, **kwargs)
+        generation_defaults = dict(generation_defaults or {})
+        resolve_options({}, generation_defaults)  # unknown or invalid options raise now
+        self.generation_defaults = generation_defaults
+
+    def get_config(self):
+        return {**super().get_config(), "generation_defaults": dict(self.generation_defaults)}
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -278,11 +302,11 @@ class TFBlipModel(_BlipTaskModel):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipForConditionalGeneration(_BlipTaskModel):
+class TFBlipForConditionalGeneration(_GeneratingTaskModel):
     """Image captioning: the text decoder cross-attends to the image states."""
 
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
+    def __init__(self, config, generation_defaults=None, **kwargs):
+        super().__init__(config, generation_defaults, **kwargs)
         self.text_decoder = TFBlipTextLMHeadModel(
             config.text_config, name="text_decoder", dtype=self.dtype_policy
         )
@@ -390,10 +414,10 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipForQuestionAnswering(_BlipTaskModel):
+class TFBlipForQuestionAnswering(_GeneratingTaskModel):
     """VQA: the question is encoded with image cross-attention, the answer decoded from it."""
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, generation_defaults=None, **kwargs):
         if config.vision_config.hidden_size != config.text_config.hidden_size:
             raise ValueError(
                 "TFBlipForQuestionAnswering needs equal text and vision hidden sizes (the answer "
@@ -401,7 +425,7 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
                 f"states); got text {config.text_config.hidden_size}, vision "
                 f"{config.vision_config.hidden_size}."
             )
-        super().__init__(config, **kwargs)
+        super().__init__(config, generation_defaults, **kwargs)
         self.text_encoder = TFBlipTextModel(
             config.text_config,
             add_pooling_layer=False,
@@ -630,9 +654,18 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForImageTextRetrieval(_BlipTaskModel):
-    """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B)."""
+    """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B).
 
-    def __init__(self, config, **kwargs):
+    Args:
+        config: the model's BlipConfig.
+        objective: what a call without `use_itm_head` computes, and so what fit() trains:
+            "itm" (match logits; labels 1 = match, 0 = no match) or "itc" (the contrastive
+            similarities). May be changed later (`model.objective = "itc"`); get_config()
+            holds the current value, so a .keras file keeps it.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
+
+    def __init__(self, config, objective="itm", **kwargs):
         super().__init__(config, **kwargs)
         init = config.initializer_range
         self.text_encoder = TFBlipTextModel(
@@ -646,10 +679,12 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         )
         self.text_proj = dense(config.image_text_hidden_size, "text_proj", init, self.dtype_policy)
         self.itm_head = dense(2, "itm_head", init, self.dtype_policy)
-        # What a call without use_itm_head computes, and so what fit() trains: "itm" (match
-        # logits; labels 1 = match, 0 = no match) or "itc" (the contrastive similarities).
-        self.objective = "itm"
+        _check_objective(objective)
+        self.objective = objective
         self.build()
+
+    def get_config(self):
+        return {**super().get_config(), "objective": self.objective}
 
     def build(self, input_shape=None):
         self.vision_proj.build((None, self.config.vision_config.hidden_size))
@@ -707,8 +742,7 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         if input_ids is None:
             raise ValueError("TFBlipForImageTextRetrieval needs input_ids (the text tokens).")
         if use_itm_head is None:
-            if self.objective not in ("itm", "itc"):
-                raise ValueError(f"objective must be 'itm' or 'itc', got {self.objective!r}.")
+            _check_objective(self.objective)
             use_itm_head = self.objective == "itm"
         if labels is not None and not use_itm_head:
             raise ValueError("labels are ITM match labels; they need use_itm_head=True.")
