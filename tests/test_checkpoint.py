@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import torch
 import transformers
 from reference import (
@@ -16,6 +17,7 @@ from reference import (
     reference_text_model,
     reference_vision_model,
     text_inputs,
+    tiny_config_kwargs,
     to_torch,
 )
 from safetensors.numpy import load_file, save_file
@@ -447,6 +449,83 @@ def test_larger_images_need_interpolated_positions():
     )
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
         model(pixel_values=np.zeros((1, 3, 60, 60), np.float32))
+
+
+@pytest.fixture(scope="module")
+def generating_models():
+    """A tiny captioning and VQA model (64 positions, vocabulary of 99)."""
+    config = tfblip.BlipConfig(**tiny_config_kwargs(vision={"hidden_size": 32}))
+    return (
+        tfblip.TFBlipForConditionalGeneration(config),
+        tfblip.TFBlipForQuestionAnswering(config),
+    )
+
+
+def test_token_ids_outside_the_vocabulary(generating_models):
+    caption, vqa = generating_models
+    pixels = pixel_values(batch_size=1)
+    message = r"input_ids must hold token ids of the vocabulary \(vocab_size 99\), in \[0, 99\)"
+    for bad in (120, 99, -1):
+        ids = np.array([[97, 5, bad, 98]])
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            caption(pixel_values=pixels, input_ids=ids)
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            caption.generate(pixels, input_ids=ids)
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            vqa.generate(ids, pixels)
+    # In a graph the values are known only when it runs: an assertion says the same.
+    graph = tf.function(lambda pixels, ids: caption(pixel_values=pixels, input_ids=ids).logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{message}.*\[5\] \[to\] \[120\]"):
+        graph(pixels, tf.constant([[97, 5, 120, 98]]))
+    graph(pixels, tf.constant([[97, 5, 98, 98]]))
+
+
+def test_text_longer_than_the_position_table(generating_models):
+    caption, vqa = generating_models
+    pixels = pixel_values(batch_size=1)
+    long_ids = np.full((1, 70), 5)
+    message = "input_ids is 70 tokens long, but the model has 64 position embeddings"
+    with pytest.raises(ValueError, match=message):
+        caption(pixel_values=pixels, input_ids=long_ids)
+    with pytest.raises(ValueError, match=message):
+        caption.generate(pixels, input_ids=long_ids)
+    with pytest.raises(ValueError, match=message):
+        vqa.generate(long_ids, pixels)
+    with pytest.raises(ValueError, match="needs 74 positions, but the model has 64 position"):
+        caption.generate(pixels, input_ids=long_ids[:, :11], max_new_tokens=64)
+    with pytest.raises(ValueError, match=r"position_ids must hold positions .* \[0, 64\); got 64"):
+        caption.text_decoder(input_ids=long_ids[:, :2], position_ids=np.array([[0, 64]]))
+
+    def logits(pixels, ids):
+        return caption(pixel_values=pixels, input_ids=ids).logits
+
+    static = tf.function(
+        logits, input_signature=[tf.TensorSpec((1, 3, 30, 30)), tf.TensorSpec((1, 70), tf.int32)]
+    )
+    with pytest.raises(ValueError, match=message):  # raised while tracing
+        static(pixels, long_ids)
+    dynamic = tf.function(
+        logits,
+        input_signature=[tf.TensorSpec((None, 3, 30, 30)), tf.TensorSpec((None, None), tf.int32)],
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"(?s)input_ids, with the cached tokens, must fit the 64 position embeddings.*\[70\]",
+    ):
+        dynamic(pixels, long_ids)
+    dynamic(pixels, long_ids[:, :64])
+
+
+def test_channels_last_pixels_given_to_generate(generating_models):
+    caption, vqa = generating_models
+    channels_last = np.zeros((1, 30, 30, 3), np.float32)
+    message = r"pixel_values must be channels-first with 3 channels, got shape \(1, 30, 30, 3\)"
+    with pytest.raises(ValueError, match=message) as caption_error:
+        caption.generate(channels_last)
+    with pytest.raises(ValueError, match=message) as vqa_error:
+        vqa.generate(np.array([[3, 5, 98]]), channels_last)
+    for error in (caption_error, vqa_error):
+        assert "in user code" not in str(error.value)  # no trace of TensorFlow internals
 
 
 def test_vqa_without_labels_or_decoder_inputs(caption_checkpoint):

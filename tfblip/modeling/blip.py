@@ -15,8 +15,10 @@ from tfblip.modeling.text import (
     TFBlipTextModel,
     causal_lm_loss,
     check_token_ids,
+    checked_length,
+    checked_token_ids,
 )
-from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.modeling.vision import TFBlipVisionModel, check_image_size, check_pixel_values
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -209,6 +211,24 @@ class _GeneratingTaskModel(_BlipTaskModel):
     def get_config(self):
         return {**super().get_config(), "generation_defaults": dict(self.generation_defaults)}
 
+    def checked_generate_inputs(self, pixel_values, input_ids, interpolate_pos_encoding):
+        """(pixel_values, input_ids) as tensors, or a ValueError naming the bad one.
+
+        generate() runs the encoders in traced functions, where these errors would come out
+        wrapped in a trace of TensorFlow internals: checking first keeps them plain.
+        """
+        pixel_values = tf.convert_to_tensor(pixel_values, tf.float32)
+        vision_config = self.config.vision_config
+        check_pixel_values(pixel_values, vision_config.num_channels)
+        check_image_size(pixel_values, vision_config, interpolate_pos_encoding)
+        if input_ids is not None:
+            input_ids = tf.convert_to_tensor(input_ids)
+            check_token_ids(input_ids)
+            text_config = self.config.text_config
+            checked_token_ids(input_ids, text_config)
+            checked_length(input_ids, 0, text_config.max_position_embeddings, "input_ids")
+        return pixel_values, input_ids
+
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipModel(_BlipTaskModel):
@@ -373,6 +393,9 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         attention_mask) decode as they would alone.
         """
         options = resolve_options(self.generation_defaults, options)
+        pixel_values, input_ids = self.checked_generate_inputs(
+            pixel_values, input_ids, interpolate_pos_encoding
+        )
         encode = graph_function(
             self,
             "encode_image",
@@ -383,7 +406,7 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
             ),
             interpolate_pos_encoding,
         )
-        image_embeds = encode(tf.convert_to_tensor(pixel_values, tf.float32))
+        image_embeds = encode(pixel_values)
         prompt_ids, prompt_mask = self.decoder_prompt(
             tf.shape(image_embeds)[0], input_ids, attention_mask
         )
@@ -539,6 +562,9 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         questions in a batch answer as they would alone (transformers attends to the padding).
         """
         options = resolve_options(self.generation_defaults, options)
+        pixel_values, input_ids = self.checked_generate_inputs(
+            pixel_values, input_ids, interpolate_pos_encoding
+        )
         input_ids = tf.cast(input_ids, tf.int32)
         if attention_mask is None:
             attention_mask = tf.ones_like(input_ids)
@@ -551,9 +577,7 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
             interpolate_pos_encoding,
             enc_token_id_in_use(self.config),
         )
-        question_embeds = encode(
-            input_ids, tf.convert_to_tensor(pixel_values, tf.float32), attention_mask
-        )
+        question_embeds = encode(input_ids, pixel_values, attention_mask)
         text_config = self.config.text_config
         bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
         return generate(
