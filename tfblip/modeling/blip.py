@@ -211,7 +211,7 @@ class _GeneratingTaskModel(_BlipTaskModel):
     def get_config(self):
         return {**super().get_config(), "generation_defaults": dict(self.generation_defaults)}
 
-    def checked_generate_inputs(self, pixel_values, input_ids, interpolate_pos_encoding):
+    def _checked_generate_inputs(self, pixel_values, input_ids, interpolate_pos_encoding):
         """(pixel_values, input_ids) as tensors, or a ValueError naming the bad one.
 
         generate() runs the encoders in traced functions, where these errors would come out
@@ -393,7 +393,7 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         attention_mask) decode as they would alone.
         """
         options = resolve_options(self.generation_defaults, options)
-        pixel_values, input_ids = self.checked_generate_inputs(
+        pixel_values, input_ids = self._checked_generate_inputs(
             pixel_values, input_ids, interpolate_pos_encoding
         )
         encode = graph_function(
@@ -562,7 +562,7 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         questions in a batch answer as they would alone (transformers attends to the padding).
         """
         options = resolve_options(self.generation_defaults, options)
-        pixel_values, input_ids = self.checked_generate_inputs(
+        pixel_values, input_ids = self._checked_generate_inputs(
             pixel_values, input_ids, interpolate_pos_encoding
         )
         input_ids = tf.cast(input_ids, tf.int32)
