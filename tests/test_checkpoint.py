@@ -3,9 +3,11 @@
 import json
 import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import torch
 import transformers
 from reference import (
@@ -15,6 +17,7 @@ from reference import (
     reference_text_model,
     reference_vision_model,
     text_inputs,
+    tiny_config_kwargs,
     to_torch,
 )
 from safetensors.numpy import load_file, save_file
@@ -120,6 +123,77 @@ def test_saved_checkpoint_gives_transformers_the_same_logits(caption_checkpoint,
     model.save_pretrained(tmp_path)
     reloaded = transformers.BlipForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert_close(caption_logits(model), caption_logits(reloaded))
+
+
+# ----------------------------------------------------------------------------- towers
+
+FULL_CLASSES = [*TASK_CLASSES, "BlipForQuestionAnswering"]
+
+
+def saved_reference(class_name, directory, seed=25):
+    # VQA's answer decoder needs equal text and vision widths.
+    vision = {"hidden_size": 32} if class_name == "BlipForQuestionAnswering" else None
+    reference = reference_model(class_name, seed=seed, vision=vision)
+    reference.save_pretrained(directory)
+    return reference
+
+
+@pytest.mark.parametrize("class_name", FULL_CLASSES)
+def test_vision_tower_of_a_full_checkpoint(class_name, tmp_path, caplog):
+    reference = saved_reference(class_name, tmp_path)
+    model = tfblip.TFBlipVisionModel.from_pretrained(tmp_path)
+    assert "TFBlipVisionModel: loaded the vision_model.* tower" in caplog.text
+    pixels = pixel_values(seed=26)
+    with torch.no_grad():
+        expected = reference.vision_model(pixel_values=to_torch(pixels))
+    outputs = model(pixel_values=pixels)
+    assert_close(outputs.last_hidden_state, expected.last_hidden_state)
+    assert_close(outputs.pooler_output, expected.pooler_output)
+
+
+@pytest.mark.parametrize(
+    "class_name,tower",
+    [
+        ("BlipForImageTextRetrieval", "text_encoder"),
+        ("BlipForQuestionAnswering", "text_encoder"),
+        ("BlipModel", "text_model"),
+    ],
+)
+def test_text_tower_of_a_full_checkpoint(class_name, tower, tmp_path, caplog):
+    reference = saved_reference(class_name, tmp_path)
+    model = tfblip.TFBlipTextModel.from_pretrained(tmp_path)
+    assert f"TFBlipTextModel: loaded the {tower}.* tower" in caplog.text
+    input_ids, attention_mask = text_inputs(seed=27)
+    with torch.no_grad():
+        expected = getattr(reference, tower)(
+            input_ids=to_torch(input_ids), attention_mask=to_torch(attention_mask)
+        )
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask)
+    assert_close(outputs.last_hidden_state, expected.last_hidden_state)
+    if expected.pooler_output is None:
+        assert model.pooler is None and outputs.pooler_output is None
+    else:
+        assert_close(outputs.pooler_output, expected.pooler_output)
+
+
+def test_ambiguous_or_missing_text_tower_is_an_error(tmp_path):
+    saved_reference("BlipModel", tmp_path)
+    rewrite_weights(
+        tmp_path,
+        lambda tensors: tensors.update(
+            {
+                key.replace("text_model.", "text_encoder.", 1): value
+                for key, value in list(tensors.items())
+                if key.startswith("text_model.")
+            }
+        ),
+    )
+    with pytest.raises(CheckpointError, match=r"text_encoder\.\* and text_model\.\*.*ambiguous"):
+        tfblip.TFBlipTextModel.from_pretrained(tmp_path)
+    # A captioning checkpoint has only a decoder: no text tower to take.
+    saved_reference("BlipForConditionalGeneration", tmp_path / "caption")
+    with pytest.raises(CheckpointError, match="does not fit TFBlipTextModel: missing tensors"):
+        tfblip.TFBlipTextModel.from_pretrained(tmp_path / "caption")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -310,6 +384,42 @@ def test_repo_id_without_huggingface_hub_explains_local_use(monkeypatch):
         tfblip.TFBlipForConditionalGeneration.from_pretrained("Salesforce/blip-not-local")
 
 
+def test_unknown_keywords_are_refused_for_local_paths(caption_checkpoint, monkeypatch):
+    _, directory = caption_checkpoint
+    model_class = tfblip.TFBlipForConditionalGeneration
+    for name in ("dtyp", "quantize"):
+        with pytest.raises(TypeError, match=rf"'{name}'.*config, dtype, image_size.*revision"):
+            model_class.from_pretrained(directory, **{name: "bfloat16"})
+    # Download options mean nothing for a local path: ignored, as transformers does.
+    model_class.from_pretrained(directory, revision="v1", cache_dir="unused", token="t")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    model_class.from_pretrained(directory, revision="v1")
+    with pytest.raises(TypeError, match="'max_workers'"):
+        model_class.from_pretrained(directory, max_workers=2)
+
+
+def test_hub_keywords_follow_snapshot_download(caption_checkpoint, monkeypatch):
+    _, directory = caption_checkpoint
+    downloads = []
+
+    def snapshot_download(repo_id, *, revision=None, cache_dir=None, allow_patterns=None):
+        downloads.append((repo_id, revision, cache_dir))
+        return str(directory)
+
+    hub = types.ModuleType("huggingface_hub")
+    hub.snapshot_download = snapshot_download
+    monkeypatch.setitem(sys.modules, "huggingface_hub", hub)
+    model_class = tfblip.TFBlipForConditionalGeneration
+    model_class.from_pretrained("Salesforce/blip-test", revision="v1", cache_dir="cache")
+    assert downloads == [("Salesforce/blip-test", "v1", "cache")]
+    # token is an option of the real snapshot_download, not of this one.
+    for name in ("token", "quantize", "allow_patterns"):
+        with pytest.raises(TypeError, match=rf"'{name}'.*: cache_dir, revision\.$"):
+            model_class.from_pretrained("Salesforce/blip-test", **{name: "x"})
+    assert len(downloads) == 1
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 
@@ -339,6 +449,83 @@ def test_larger_images_need_interpolated_positions():
     )
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
         model(pixel_values=np.zeros((1, 3, 60, 60), np.float32))
+
+
+@pytest.fixture(scope="module")
+def generating_models():
+    """A tiny captioning and VQA model (64 positions, vocabulary of 99)."""
+    config = tfblip.BlipConfig(**tiny_config_kwargs(vision={"hidden_size": 32}))
+    return (
+        tfblip.TFBlipForConditionalGeneration(config),
+        tfblip.TFBlipForQuestionAnswering(config),
+    )
+
+
+def test_token_ids_outside_the_vocabulary(generating_models):
+    caption, vqa = generating_models
+    pixels = pixel_values(batch_size=1)
+    message = r"input_ids must hold token ids of the vocabulary \(vocab_size 99\), in \[0, 99\)"
+    for bad in (120, 99, -1):
+        ids = np.array([[97, 5, bad, 98]])
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            caption(pixel_values=pixels, input_ids=ids)
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            caption.generate(pixels, input_ids=ids)
+        with pytest.raises(ValueError, match=rf"{message}; got {bad}\."):
+            vqa.generate(ids, pixels)
+    # In a graph the values are known only when it runs: an assertion says the same.
+    graph = tf.function(lambda pixels, ids: caption(pixel_values=pixels, input_ids=ids).logits)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"{message}.*\[5\] \[to\] \[120\]"):
+        graph(pixels, tf.constant([[97, 5, 120, 98]]))
+    graph(pixels, tf.constant([[97, 5, 98, 98]]))
+
+
+def test_text_longer_than_the_position_table(generating_models):
+    caption, vqa = generating_models
+    pixels = pixel_values(batch_size=1)
+    long_ids = np.full((1, 70), 5)
+    message = "input_ids is 70 tokens long, but the model has 64 position embeddings"
+    with pytest.raises(ValueError, match=message):
+        caption(pixel_values=pixels, input_ids=long_ids)
+    with pytest.raises(ValueError, match=message):
+        caption.generate(pixels, input_ids=long_ids)
+    with pytest.raises(ValueError, match=message):
+        vqa.generate(long_ids, pixels)
+    with pytest.raises(ValueError, match="needs 74 positions, but the model has 64 position"):
+        caption.generate(pixels, input_ids=long_ids[:, :11], max_new_tokens=64)
+    with pytest.raises(ValueError, match=r"position_ids must hold positions .* \[0, 64\); got 64"):
+        caption.text_decoder(input_ids=long_ids[:, :2], position_ids=np.array([[0, 64]]))
+
+    def logits(pixels, ids):
+        return caption(pixel_values=pixels, input_ids=ids).logits
+
+    static = tf.function(
+        logits, input_signature=[tf.TensorSpec((1, 3, 30, 30)), tf.TensorSpec((1, 70), tf.int32)]
+    )
+    with pytest.raises(ValueError, match=message):  # raised while tracing
+        static(pixels, long_ids)
+    dynamic = tf.function(
+        logits,
+        input_signature=[tf.TensorSpec((None, 3, 30, 30)), tf.TensorSpec((None, None), tf.int32)],
+    )
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"(?s)input_ids, with the cached tokens, must fit the 64 position embeddings.*\[70\]",
+    ):
+        dynamic(pixels, long_ids)
+    dynamic(pixels, long_ids[:, :64])
+
+
+def test_channels_last_pixels_given_to_generate(generating_models):
+    caption, vqa = generating_models
+    channels_last = np.zeros((1, 30, 30, 3), np.float32)
+    message = r"pixel_values must be channels-first with 3 channels, got shape \(1, 30, 30, 3\)"
+    with pytest.raises(ValueError, match=message) as caption_error:
+        caption.generate(channels_last)
+    with pytest.raises(ValueError, match=message) as vqa_error:
+        vqa.generate(np.array([[3, 5, 98]]), channels_last)
+    for error in (caption_error, vqa_error):
+        assert "in user code" not in str(error.value)  # no trace of TensorFlow internals
 
 
 def test_vqa_without_labels_or_decoder_inputs(caption_checkpoint):

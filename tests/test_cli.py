@@ -9,6 +9,7 @@ several things; usage errors fail in argparse, before TensorFlow loads, and are 
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -392,9 +393,12 @@ def test_progress_bar_on_terminals_only():
     reporter.advance(6)
     reporter.finish()
     shown = terminal.getvalue()
-    assert "\r[############..................] 4/10 images" in shown
-    assert "\r\x1b[Ktfblip caption: error: x.jpg: cannot read\n" in shown
-    assert shown.endswith("10/10 images\n") and reporter.exit_code == 1
+    # Images done of all, time spent < time left, images per second.
+    progress = r"\| {done}/10 \[\d\d:\d\d<\d\d:\d\d, [\d.]+image/s\]"
+    assert re.search(r"\r 40%\|#+ *" + progress.format(done=4), shown)
+    # The bar is erased before an error line, and drawn again after it.
+    assert re.search(r"\r +\rtfblip caption: error: x.jpg: cannot read\n\r 40%", shown)
+    assert re.search(progress.format(done=10) + "\n$", shown) and reporter.exit_code == 1
 
     for stream, total, quiet in (
         (_Terminal(), 8, False),

@@ -108,6 +108,14 @@ def test_eval_pixel_values_equal_the_processor(processor, pairs, eval_captions):
     assert np.array_equal(eval_captions["pixel_values"], expected["pixel_values"])
 
 
+def test_image_options_the_pipeline_cannot_follow_are_refused(processor, pairs):
+    composited = tfblip.BlipProcessor(
+        tfblip.BlipImageProcessor(size=IMAGE_SIZE, alpha="white"), processor.tokenizer
+    )
+    with pytest.raises(ValueError, match="alpha='white'.*alpha dropped"):
+        caption_dataset(pairs, composited, training=False)
+
+
 def test_training_batches_are_seeded_and_change_each_epoch(processor, pairs):
     records = pairs * 2
 

@@ -11,7 +11,7 @@ import skimage.data
 import torch
 import transformers
 
-from tfblip.image_processing import IMAGE_PROCESSOR_NAME, BlipImageProcessor
+from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, BlipImageProcessor
 
 TOL = 1e-5
 
@@ -130,6 +130,26 @@ def test_file_exif_orientation_and_alpha(ours, hf, small_photo, tmp_path):
     got = ours(paths, do_resize=False)["pixel_values"]
     assert [a.shape for a in got] == [(3, 120, 90), (3, 90, 120), (3, 90, 120)]
     assert_matches(ours, hf, paths)
+
+
+def test_alpha_option_gives_one_behaviour_for_every_input(ours, hf, small_photo, tmp_path):
+    rgba = small_photo.convert("RGBA")
+    rgba.putalpha(PIL.Image.linear_gradient("L").resize(rgba.size))
+    path = tmp_path / "alpha.png"
+    rgba.save(path)
+    inputs = {"path": str(path), "pil": rgba, "array": np.asarray(rgba)}
+    composited = run_hf(hf, [rgba])  # transformers' processor composites images onto white
+    dropped = run_hf(hf, [str(path)])  # its load_image drops a file's alpha
+    assert np.abs(composited - dropped).max() > 1
+
+    # The default is transformers' mix.
+    assert_close(run_ours(ours, [inputs["path"]]), dropped)
+    assert_close(run_ours(ours, [inputs["pil"], inputs["array"]]), np.repeat(composited, 2, 0))
+    for alpha, expected in (("white", composited), ("drop", dropped)):
+        processor = BlipImageProcessor(alpha=alpha)
+        for image in inputs.values():
+            assert_close(run_ours(processor, [image]), expected)
+            assert_close(run_ours(ours, [image], alpha=alpha), expected)
 
 
 def test_grayscale_2d_numpy(ours, hf):
@@ -341,6 +361,29 @@ def test_from_pretrained_transformers_config(photos, tmp_path):
         assert_close(run_ours(loaded, photos[:3]), run_hf(hf_proc, photos[:3]))
 
 
+def test_from_pretrained_transformers_5_processor_folder(photos, tmp_path):
+    # transformers 5's BlipProcessor.save_pretrained writes no preprocessor_config.json: the
+    # image settings are nested in processor_config.json.
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\ncat\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    saved = tmp_path / "processor"
+    transformers.BlipProcessor(
+        transformers.BlipImageProcessorPil(**NON_DEFAULT), tokenizer
+    ).save_pretrained(saved)
+    assert not (saved / IMAGE_PROCESSOR_NAME).exists() and (saved / PROCESSOR_NAME).exists()
+    reference = transformers.BlipImageProcessorPil.from_pretrained(saved)
+    expected = run_hf(reference, photos[:3])
+    for source in (saved, saved / PROCESSOR_NAME):
+        loaded = BlipImageProcessor.from_pretrained(source)
+        assert loaded.size == NON_DEFAULT["size"] and loaded.resample == 2
+        assert_close(run_ours(loaded, photos[:3]), expected)
+
+    # Beside a preprocessor_config.json, transformers takes the nested entry first; so do we.
+    BlipImageProcessor(size=16).save_pretrained(saved)
+    assert transformers.BlipImageProcessorPil.from_pretrained(saved).size.height == 224
+    assert BlipImageProcessor.from_pretrained(saved).size == NON_DEFAULT["size"]
+
+
 def test_save_pretrained_round_trip(photos, tmp_path):
     ours_proc = BlipImageProcessor(**NON_DEFAULT, processor_class="BlipProcessor", custom_key=[1])
     path = ours_proc.save_pretrained(tmp_path)
@@ -357,6 +400,17 @@ def test_save_pretrained_round_trip(photos, tmp_path):
     reloaded = BlipImageProcessor.from_pretrained(tmp_path)
     assert reloaded.to_dict() == ours_proc.to_dict()
     np.testing.assert_array_equal(run_ours(reloaded, photos[:3]), expected)
+
+
+def test_alpha_round_trips_and_transformers_reads_the_file(photos, tmp_path):
+    assert BlipImageProcessor().to_dict()["alpha"] is None
+    processor = BlipImageProcessor(alpha="drop", size=32)
+    saved = json.loads(pathlib.Path(processor.save_pretrained(tmp_path)).read_text())
+    assert saved["alpha"] == "drop"
+    assert BlipImageProcessor.from_pretrained(tmp_path).alpha == "drop"
+    # transformers keeps the unknown key as an attribute and preprocesses as before.
+    reference = transformers.BlipImageProcessorPil.from_pretrained(tmp_path)
+    assert_close(run_ours(processor, photos[:2]), run_hf(reference, photos[:2]))
 
 
 def test_legacy_config(photos, tmp_path):
@@ -382,7 +436,10 @@ def test_legacy_config(photos, tmp_path):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json.*processor_config.json"):
+        BlipImageProcessor.from_pretrained(tmp_path)
+    (tmp_path / PROCESSOR_NAME).write_text(json.dumps({"processor_class": "BlipProcessor"}))
+    with pytest.raises(FileNotFoundError, match="'image_processor' entry"):
         BlipImageProcessor.from_pretrained(tmp_path)
     bad = tmp_path / IMAGE_PROCESSOR_NAME
     bad.write_text("{not json")
@@ -411,6 +468,11 @@ def test_option_errors(small_photo):
         BlipImageProcessor(do_center_crop=True)
     with pytest.raises(ValueError, match="do_pad"):
         BlipImageProcessor()(small_photo, do_pad=True)
+    for alpha in ("black", True, ["white"]):
+        with pytest.raises(ValueError, match="alpha must be None .*'white' or 'drop'"):
+            BlipImageProcessor(alpha=alpha)
+    with pytest.raises(ValueError, match="alpha must be"):
+        BlipImageProcessor()(small_photo, alpha="composite")
     # Values that change nothing are accepted.
     BlipImageProcessor()(small_photo, do_center_crop=False, data_format="channels_first")
     with pytest.raises(ValueError, match=r"image 1: image_mean has 3 values .* 1 channels"):

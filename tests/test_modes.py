@@ -92,6 +92,45 @@ def test_keras_file_round_trip(name, tmp_path):
     assert_same_outputs(restored(**inputs), model(**inputs), atol=0)
 
 
+def test_keras_file_keeps_generation_defaults(tmp_path):
+    model = randomized(tfblip.TFBlipForConditionalGeneration(blip_config()), seed=2)
+    model.generation_defaults = {"num_beams": 2, "max_new_tokens": 3}
+    model.save_pretrained(tmp_path / "checkpoint")  # generation_config.json holds the defaults
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(tmp_path / "checkpoint")
+    pixels = pixel_values(batch_size=2)
+    expected = model.generate(pixels)
+    # The defaults matter: without them the captions differ.
+    assert expected.shape != model.generate(pixels, num_beams=1, max_new_tokens=20).shape
+
+    model.save(tmp_path / "caption.keras")
+    restored = keras.saving.load_model(tmp_path / "caption.keras")
+    assert restored.generation_defaults == {"num_beams": 2, "max_new_tokens": 3}
+    np.testing.assert_array_equal(restored.generate(pixels), expected)
+    with pytest.raises(TypeError, match="'beams'"):
+        tfblip.TFBlipForConditionalGeneration(blip_config(), generation_defaults={"beams": 2})
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+def test_keras_file_keeps_the_retrieval_objective(tmp_path):
+    model = randomized(tfblip.TFBlipForImageTextRetrieval(blip_config()), seed=3)
+    model.objective = "itc"
+    model.save(tmp_path / "retrieval.keras")
+    restored = keras.saving.load_model(tmp_path / "retrieval.keras")
+    assert restored.objective == "itc"
+
+    # fit() trains the contrastive objective: no labels needed, the same losses as before.
+    ids, mask = text_inputs(batch_size=4)
+    batch = {"pixel_values": pixel_values(batch_size=4), "input_ids": ids, "attention_mask": mask}
+    data = tf.data.Dataset.from_tensor_slices(batch).batch(2)
+    losses = []
+    for trained in (model, restored):
+        trained.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1))
+        losses.append(trained.fit(data, epochs=2, verbose=0).history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="objective must be 'itm' or 'itc'"):
+        tfblip.TFBlipForImageTextRetrieval(blip_config(), objective="contrastive")
+
+
 def test_graph_accepts_dynamic_batch_and_length():
     model, _ = model_and_inputs("caption")
     randomized(model)

@@ -7,7 +7,9 @@ Only the leaf parameter names and layouts (Dense kernel = transposed Linear weig
 are spelled out here.
 """
 
+import inspect
 import json
+import logging
 import os
 
 import keras
@@ -18,6 +20,8 @@ from tfblip import salesforce, tf_h5
 from tfblip.configuration import CONFIG_NAME
 from tfblip.errors import CheckpointError
 from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
+
+logger = logging.getLogger(__name__)
 
 SAFETENSORS_WEIGHTS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -227,6 +231,48 @@ class _DictSource:
         return np.asarray(tensor)
 
 
+class _PrefixedSource:
+    """The tensors of `source` whose keys start with `prefix`, without it: one tower of a full
+    BLIP checkpoint (`vision_model.embeddings...` read as `embeddings...`)."""
+
+    def __init__(self, source, prefix):
+        self._source = source
+        self._prefix = prefix
+        keys = source.keys()
+        self._keys = [key[len(prefix) :] for key in keys if key.startswith(prefix)]
+
+    def keys(self):
+        return list(self._keys)
+
+    def shape(self, key):
+        return self._source.shape(self._prefix + key)
+
+    def get(self, key, rows=None):
+        return self._source.get(self._prefix + key, rows)
+
+
+def select_tower(source, prefixes, model_name, checkpoint_name):
+    """(source, prefix): the one tower of a full checkpoint that `prefixes` name, or the whole
+    source and None when none is there (the checkpoint is the model's own).
+
+    Raises:
+        CheckpointError: several of `prefixes` hold tensors, so the tower is ambiguous.
+    """
+    keys = source.keys()
+    present = [prefix for prefix in prefixes if any(key.startswith(prefix) for key in keys)]
+    if not present:
+        return source, None
+    if len(present) > 1:
+        towers = " and ".join(f"{prefix}*" for prefix in present)
+        raise CheckpointError(
+            f"{checkpoint_name} holds several towers {model_name} could load ({towers}), so "
+            f"which one to take is ambiguous. Load the checkpoint's own model class and take "
+            f"the tower you want from it (model.{present[0].rstrip('.')}, ...); its "
+            "save_pretrained then writes a checkpoint of that tower alone."
+        )
+    return _PrefixedSource(source, present[0]), present[0]
+
+
 def _shard_files(directory, index_name):
     index_path = os.path.join(directory, index_name)
     try:
@@ -397,6 +443,44 @@ def pytorch_state_dict(model):
 
 # ----------------------------------------------------------------------------- hub
 
+# snapshot_download arguments that from_pretrained sets itself, or that would make it return
+# something other than the downloaded directory.
+_HUB_ARGUMENTS_SET_HERE = frozenset({"repo_id", "allow_patterns", "dry_run"})
+# The download options accepted when huggingface_hub is not installed, so its signature cannot
+# be read: a local path ignores them (as transformers does), a repo id needs the package anyway.
+_COMMON_HUB_OPTIONS = frozenset(
+    {"cache_dir", "force_download", "local_files_only", "revision", "token"}
+)
+
+
+def hub_download_options():
+    """Names of the keyword arguments that from_pretrained passes on to huggingface_hub's
+    `snapshot_download`: its named parameters in the installed version."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return _COMMON_HUB_OPTIONS
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(snapshot_download).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind in named) - _HUB_ARGUMENTS_SET_HERE
+
+
+def check_hub_options(caller, hub_kwargs, own_arguments):
+    """Raises a TypeError naming the keywords of `hub_kwargs` that are no download option.
+
+    A local path ignores the download options, so without this check a typo (`dtyp=`) or an
+    option of another release would be dropped without a word.
+    """
+    accepted = hub_download_options()
+    unknown = sorted(set(hub_kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{caller}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. "
+            f"It takes {', '.join(own_arguments)} and, for downloads from the Hugging Face Hub "
+            f"(ignored for local paths), huggingface_hub.snapshot_download's options: "
+            f"{', '.join(sorted(accepted))}."
+        )
+
 
 def resolve_checkpoint_path(name_or_path, **hub_kwargs):
     """A local directory (or file) for `name_or_path`, downloading a hub repo id if needed."""
@@ -427,7 +511,18 @@ def resolve_checkpoint_path(name_or_path, **hub_kwargs):
 
 
 class PretrainedMixin:
-    """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`)."""
+    """`from_pretrained` / `save_pretrained` for the model classes (which set `config_class`).
+
+    A tower class also sets `tower_prefixes`: where full BLIP checkpoints keep its tensors, so
+    that it can load its tower from them.
+    """
+
+    tower_prefixes = ()
+
+    @classmethod
+    def checkpoint_arguments(cls, keys):
+        """Constructor arguments that depend on which tensors the checkpoint holds."""
+        return {}
 
     @classmethod
     def from_pretrained(
@@ -436,10 +531,25 @@ class PretrainedMixin:
         """Builds the model from a checkpoint directory, weights file or hub repo id.
 
         Besides Hugging Face checkpoints this reads the original Salesforce BLIP `.pth` files
-        (config inferred from the tensors; `image_size` resizes their position embeddings,
-        e.g. 224 -> 384) and transformers 4.x TensorFlow `tf_model.h5` files.
-        `dtype` is a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
+        (config inferred from the tensors) and transformers 4.x TensorFlow `tf_model.h5` files.
+
+        Args:
+            pretrained_model_name_or_path: a checkpoint directory, a weights file or a
+                Hugging Face Hub repo id (downloaded with huggingface_hub).
+            config: the model's config; by default read from the checkpoint.
+            dtype: a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
+            image_size: for original Salesforce `.pth` files only: resizes their position
+                embeddings (e.g. 224 -> 384).
+            **hub_kwargs: options of huggingface_hub's `snapshot_download` (`revision`,
+                `cache_dir`, `token`, ...), used for a repo id and ignored for a local path.
+                Any other keyword raises a TypeError.
+
+        Returns:
+            The model with the checkpoint's weights.
         """
+        check_hub_options(
+            f"{cls.__name__}.from_pretrained", hub_kwargs, ("config", "dtype", "image_size")
+        )
         path = resolve_checkpoint_path(os.fspath(pretrained_model_name_or_path), **hub_kwargs)
         directory = path if os.path.isdir(path) else os.path.dirname(path)
         original = os.path.isfile(path) and salesforce.is_salesforce_checkpoint(path)
@@ -455,7 +565,7 @@ class PretrainedMixin:
             )
             if config is None:
                 config = cls.config_class.from_dict(config_dict)
-            source = _DictSource(state_dict)
+            source, tower = _DictSource(state_dict), None
         else:
             if config is None:
                 config = cls.config_class.from_pretrained(directory)
@@ -465,9 +575,24 @@ class PretrainedMixin:
                 # fine-tuning made them differ: keep the head as trained.
                 text_config = getattr(config, "text_config", config)
                 text_config.tie_word_embeddings = False
-        kwargs = {"dtype": dtype} if dtype is not None else {}
+            whole_keys = source.keys()
+            source, tower = select_tower(source, cls.tower_prefixes, cls.__name__, path)
+        kwargs = cls.checkpoint_arguments(set(source.keys()))
+        if dtype is not None:
+            kwargs["dtype"] = dtype
         model = cls(config, **kwargs)
-        load_weights(model, source, checkpoint_name=path)
+        checkpoint_name = path if tower is None else f"the {tower}* tensors of {path}"
+        load_weights(model, source, checkpoint_name=checkpoint_name)
+        if tower is not None:
+            unused = sorted({key.split(".")[0] + ".*" for key in whole_keys} - {tower + "*"})
+            logger.warning(
+                "%s: loaded the %s* tower of the full BLIP checkpoint %s; its other tensors "
+                "(%s) are not used.",
+                cls.__name__,
+                tower,
+                path,
+                ", ".join(unused) or "none",
+            )
         if hasattr(model, "generation_defaults") and not original:
             model.generation_defaults = read_generation_config(directory)
         return model

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from tfblip.checkpoint import resolve_checkpoint_path
 from tfblip.cli import DEFAULT_MODELS, CommandError, generation_options
@@ -59,15 +60,18 @@ HUB_HELP = (
 
 
 class Reporter:
-    """Reports failed inputs and shows progress on stderr; counts the failures."""
+    """Reports failed inputs and shows progress on stderr; counts the failures.
+
+    The progress bar (tqdm: images done, images/s, time left) is shown only on a terminal,
+    for more than PROGRESS_MIN_IMAGES images, and not with --quiet.
+    """
 
     def __init__(self, command, quiet=False, stream=None):
         self.command = command
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.failures = 0
-        self.total = self.done = 0
-        self.showing_bar = False
+        self.bar = None
 
     def error(self, message):
         self.clear()
@@ -76,29 +80,26 @@ class Reporter:
         self.draw()
 
     def start(self, total):
-        self.total, self.done = total, 0
-        self.showing_bar = not self.quiet and total > PROGRESS_MIN_IMAGES and self.stream.isatty()
-        self.draw()
+        if not self.quiet and total > PROGRESS_MIN_IMAGES and self.stream.isatty():
+            self.bar = tqdm(total=total, file=self.stream, unit="image", dynamic_ncols=True)
 
     def advance(self, count):
-        self.done += count
-        self.draw()
+        if self.bar is not None:
+            self.bar.update(count)
 
-    def draw(self, width=30):
-        if self.showing_bar:
-            filled = width * self.done // self.total
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total} images")
-            self.stream.flush()
+    def draw(self):
+        if self.bar is not None:
+            self.bar.refresh()
 
     def clear(self):
-        if self.showing_bar:
-            self.stream.write("\r\033[K")  # carriage return, then erase the line
+        """Erases the bar, so that a line written to the terminal does not run into it."""
+        if self.bar is not None:
+            self.bar.clear()
 
     def finish(self):
-        if self.showing_bar:
-            self.stream.write("\n")
-            self.showing_bar = False
+        if self.bar is not None:
+            self.bar.close()  # leaves the final bar, then a new line
+            self.bar = None
 
     @property
     def exit_code(self):

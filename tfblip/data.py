@@ -355,6 +355,11 @@ def _image_loader(processor: BlipProcessor, training: bool) -> tuple[Callable, t
             "the image processor has do_convert_rgb=False; the data pipeline always decodes "
             "images to RGB"
         )
+    if options["alpha"] == "white":
+        raise ValueError(
+            "the image processor has alpha='white'; the data pipeline decodes image files with "
+            "their alpha dropped, as alpha=None and alpha='drop' do for files"
+        )
     if options["resample"] != PIL.Image.Resampling.BICUBIC:
         raise ValueError(
             f"the data pipeline resizes as Pillow's bicubic filter only; the image processor "

@@ -597,6 +597,18 @@ def generate(lm_head, encoder_states, encoder_mask, input_ids, attention_mask, o
             f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) leaves no room to "
             f"generate (max_length={o['max_length']}); raise max_length or pass max_new_tokens."
         )
+    # Checked here, once: inside the decoding loop a position past the table would fail as a
+    # TensorFlow gather error.
+    max_positions = lm_head.config.max_position_embeddings
+    needed = int(tf.reduce_max(lengths + allowed))
+    if needed > max_positions:
+        raise ValueError(
+            f"Generating {max_new} tokens (max_new_tokens={o['max_new_tokens']}, "
+            f"max_length={o['max_length']}) after the prompt ({int(tf.reduce_max(lengths))} "
+            f"tokens with bos) needs {needed} positions, but the model has {max_positions} "
+            "position embeddings (max_position_embeddings); lower max_new_tokens or "
+            "max_length, or shorten the prompt."
+        )
     seed = o["seed"] if o["seed"] is not None else int(np.random.randint(0, 2**31 - 1))
     result = _compiled(lm_head, o, max_new)(
         encoder_states,

@@ -22,8 +22,17 @@ File paths are opened like transformers' ``load_image``: EXIF orientation applie
 base64 strings are not accepted; ``os.PathLike`` paths, 2-D grayscale arrays and TensorFlow
 tensors are.
 
+So by default the same RGBA PNG gives different pixels as a path (alpha dropped) and as a PIL
+image (composited onto white), as in transformers. The ``alpha`` option, not in transformers,
+picks one behaviour for every kind of input: ``"white"`` composites paths too, ``"drop"``
+discards the alpha of PIL images and 4-channel arrays too (a ``transparency`` colour keeps its
+colour, as ``convert("RGB")`` does for files).
+
 ``preprocessor_config.json`` files are read and written in transformers' format; keys this class
-does not use (``processor_class``, ``image_processor_type``, ...) are kept and written back.
+does not use (``processor_class``, ``image_processor_type``, ...) are kept and written back. A
+directory saved by transformers 5's ``BlipProcessor`` has no ``preprocessor_config.json``: its
+image settings are the ``"image_processor"`` entry of ``processor_config.json``, which
+:meth:`BlipImageProcessor.from_pretrained` reads as transformers does.
 """
 
 from __future__ import annotations
@@ -44,10 +53,14 @@ __all__ = [
     "IMAGE_PROCESSOR_NAME",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "PROCESSOR_NAME",
     "BlipImageProcessor",
 ]
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
+# transformers 5's processors save every sub-processor's settings in this one file.
+PROCESSOR_NAME = "processor_config.json"
+_NESTED_KEY = "image_processor"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -63,6 +76,7 @@ _OPTIONS = (
     "image_mean",
     "image_std",
     "do_convert_rgb",
+    "alpha",
 )
 _DEFAULTS = {
     "do_resize": True,
@@ -74,7 +88,11 @@ _DEFAULTS = {
     "image_mean": OPENAI_CLIP_MEAN,
     "image_std": OPENAI_CLIP_STD,
     "do_convert_rgb": True,
+    "alpha": None,
 }
+# How RGB conversion treats transparency: None is transformers' behaviour (paths drop it, images
+# and arrays are composited onto white); the others apply to every kind of input.
+_ALPHA_MODES = (None, "white", "drop")
 # Options transformers' image processors know but this class does not implement. Each maps to a
 # test of the values that leave the output unchanged; any other value is refused.
 _INERT_OPTIONS = {
@@ -164,7 +182,18 @@ def _check_stats(name: str, value: Any) -> float | tuple[float, ...]:
     return result
 
 
+def _check_alpha(value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and value in _ALPHA_MODES):
+        raise ValueError(
+            f"alpha must be None (transformers' behaviour: dropped for file paths, composited "
+            f"onto white for PIL images and arrays), 'white' or 'drop'; got {value!r}"
+        )
+    return value
+
+
 def _check_option(name: str, value: Any) -> Any:
+    if name == "alpha":
+        return _check_alpha(value)
     if name == "size":
         return _check_size(value)
     if name == "resample":
@@ -202,8 +231,9 @@ def _check_pil_size(image: PIL.Image.Image, label: str) -> None:
         )
 
 
-def _load_path(path: str | os.PathLike, label: str) -> PIL.Image.Image:
-    """Open an image file as transformers' ``load_image`` does: EXIF orientation, then RGB."""
+def _load_path(path: str | os.PathLike, label: str, alpha: str) -> PIL.Image.Image:
+    """Open an image file as transformers' ``load_image`` does: EXIF orientation, then RGB
+    (``alpha`` as in :func:`_pil_to_rgb`; transformers drops it)."""
     name = os.fsdecode(os.fspath(path))
     if name.startswith(("http://", "https://")):
         raise ValueError(f"{label}: URLs are not supported; download the image first")
@@ -227,16 +257,18 @@ def _load_path(path: str | os.PathLike, label: str) -> PIL.Image.Image:
             image = PIL.ImageOps.exif_transpose(image)  # a new image, independent of the file
         except Exception as err:
             raise ValueError(f"{label}: cannot read image file ({err})") from err
-    # convert("RGB") of an RGB image is a copy with the same pixels and info.
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return _pil_to_rgb(image, alpha)
 
 
-def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """transformers' ``convert_to_rgb`` for PIL images."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
+def _pil_to_rgb(image: PIL.Image.Image, alpha: str) -> PIL.Image.Image:
+    """RGB of a PIL image: with ``alpha="white"`` transformers' ``convert_to_rgb`` (alpha bands
+    and ``transparency`` colours composited onto white), with ``"drop"`` ``convert("RGB")``."""
+    transparent = "A" in image.getbands() or image.info.get("transparency") is not None
+    if alpha == "white" and transparent:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    # convert("RGB") of an RGB image is a copy with the same pixels and info.
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -252,11 +284,14 @@ def _infer_channels_first(shape: tuple[int, ...], label: str) -> bool:
     )
 
 
-def _array_to_rgb(chw: np.ndarray, label: str) -> np.ndarray:
-    """transformers' ``convert_to_rgb`` for arrays, on (C, H, W)."""
+def _array_to_rgb(chw: np.ndarray, label: str, alpha: str) -> np.ndarray:
+    """transformers' ``convert_to_rgb`` for arrays, on (C, H, W); ``alpha="drop"`` takes the
+    first 3 of 4 channels instead of compositing them onto white."""
     channels = chw.shape[0]
     if channels == 1:
         return np.repeat(chw, 3, axis=0)
+    if channels == 4 and alpha == "drop":
+        return chw[:3]
     if channels == 4:
         dtype = chw.dtype
         if np.issubdtype(dtype, np.floating) and (chw.min() < 0.0 or chw.max() > 1.0):
@@ -282,7 +317,7 @@ def _to_numpy(image: Any) -> np.ndarray | None:
 
 
 def _prepare_array(
-    array: np.ndarray, label: str, convert_rgb: bool, channels_last: bool = False
+    array: np.ndarray, label: str, convert_rgb: bool, alpha: str, channels_last: bool = False
 ) -> np.ndarray:
     """A (C, H, W) array from a 2-D or 3-D array, RGB-converted if asked."""
     if array.dtype.kind not in "buif":
@@ -301,7 +336,7 @@ def _prepare_array(
     if array.shape[1] == 0 or array.shape[2] == 0:
         raise ValueError(f"{label}: image has zero size (array shape {array.shape})")
     if convert_rgb:
-        array = _array_to_rgb(array, label)
+        array = _array_to_rgb(array, label, alpha)
     return array
 
 
@@ -376,6 +411,19 @@ def _lookup_table(channels: int, opts: dict, label: str) -> np.ndarray:
     return np.ascontiguousarray(_rescale_normalize(values, opts, label)[:, :, 0], np.float32)
 
 
+def _read_json_object(file: str) -> dict[str, Any]:
+    with open(file, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file!r} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        # ValueError like invalid JSON: the file's content is wrong, not an argument's type.
+        raise ValueError(f"{file!r} must hold a JSON object, got {type(config).__name__}")  # noqa: TRY004
+    return config
+
+
 # --------------------------------------------------------------------------------------------
 # The processor.
 # --------------------------------------------------------------------------------------------
@@ -393,6 +441,11 @@ class BlipImageProcessor:
         do_normalize: subtract ``image_mean`` and divide by ``image_std`` per channel.
         image_mean, image_std: a number or one number per channel.
         do_convert_rgb: convert every image to 3-channel RGB first.
+        alpha: how transparency is treated when converting to RGB (not a transformers option).
+            ``None``: as transformers, dropped for file paths and composited onto white for PIL
+            images and arrays. ``"white"``: composited onto white for every input.
+            ``"drop"``: discarded for every input (``convert("RGB")``, the first 3 channels of
+            an array).
         **kwargs: other keys of a ``preprocessor_config.json`` (``processor_class``,
             ``image_processor_type``, ...), kept and written back by :meth:`to_dict`. Options
             other transformers image processors act on (``do_center_crop``, ``do_pad``, ...)
@@ -412,6 +465,7 @@ class BlipImageProcessor:
         image_mean: float | Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: float | Sequence[float] = OPENAI_CLIP_STD,
         do_convert_rgb: bool = True,
+        alpha: str | None = None,
         **kwargs: Any,
     ) -> None:
         given = {
@@ -424,6 +478,7 @@ class BlipImageProcessor:
             "image_mean": image_mean,
             "image_std": image_std,
             "do_convert_rgb": do_convert_rgb,
+            "alpha": alpha,
         }
         for name, value in given.items():
             value = _DEFAULTS[name] if value is None else value
@@ -475,9 +530,13 @@ class BlipImageProcessor:
         """One image to a float32 (C, H, W) array, written into ``batch[index]`` if given."""
         convert_rgb = opts["do_convert_rgb"]
         size = (opts["size"]["height"], opts["size"]["width"])
+        # alpha=None is transformers' mix: load_image drops a file's alpha, convert_to_rgb
+        # composites images and arrays onto white.
+        file_alpha = "white" if opts["alpha"] == "white" else "drop"
+        image_alpha = "drop" if opts["alpha"] == "drop" else "white"
         if isinstance(image, (str, os.PathLike)):
             label = f"{label} ({os.fsdecode(os.fspath(image))!r})"
-            image = _load_path(image, label)
+            image = _load_path(image, label, file_alpha)
         elif isinstance(image, PIL.Image.Image) and getattr(image, "filename", None):
             label = f"{label} ({image.filename!r})"
         elif not isinstance(image, (PIL.Image.Image, np.ndarray)):
@@ -498,16 +557,16 @@ class BlipImageProcessor:
                 raise ValueError(f"{label}: cannot read image data ({err})") from err
             if convert_rgb or image.mode == "RGB":
                 # np.array(rgb) -> PIL -> resize in transformers gives the same pixels as this.
-                rgb = _pil_to_rgb(image) if convert_rgb else image
+                rgb = _pil_to_rgb(image, image_alpha) if convert_rgb else image
                 if opts["do_resize"]:
                     rgb = rgb.resize((size[1], size[0]), resample=opts["resample"])
                 chw = np.asarray(rgb).transpose(2, 0, 1)
             else:
-                chw = _prepare_array(np.array(image), label, False, channels_last=True)
+                chw = _prepare_array(np.array(image), label, False, image_alpha, channels_last=True)
                 if opts["do_resize"]:
                     chw = _resize_array(chw, size, opts["resample"], label)
         else:
-            chw = _prepare_array(image, label, convert_rgb)
+            chw = _prepare_array(image, label, convert_rgb, image_alpha)
             if opts["do_resize"]:
                 chw = _resize_array(chw, size, opts["resample"], label)
 
@@ -602,24 +661,41 @@ class BlipImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> BlipImageProcessor:
-        """Load from a directory holding ``preprocessor_config.json``, or from that file.
+        """Load the options saved in a directory or a config file.
 
-        ``kwargs`` override values from the file.
+        A directory is read as transformers reads it: the ``"image_processor"`` entry of
+        ``processor_config.json`` (what transformers 5's ``BlipProcessor.save_pretrained``
+        writes) when there is one, else ``preprocessor_config.json``.
+
+        Args:
+            path: a checkpoint or processor directory, or the path of either JSON file.
+            **kwargs: options that override the file's values.
+
+        Returns:
+            The image processor.
         """
         path = os.fspath(path)
-        file = os.path.join(path, IMAGE_PROCESSOR_NAME) if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"no image processor config found: {file!r} does not exist")
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file!r} is not valid JSON: {err}") from err
+        config = None
+        if os.path.isdir(path):
+            nested_file = os.path.join(path, PROCESSOR_NAME)
+            if os.path.isfile(nested_file):
+                config = _read_json_object(nested_file).get(_NESTED_KEY)
+            file = os.path.join(path, IMAGE_PROCESSOR_NAME)
+            if not isinstance(config, dict) and not os.path.isfile(file):
+                raise FileNotFoundError(
+                    f"no image processor config found in {path!r}: expected "
+                    f"{IMAGE_PROCESSOR_NAME}, or {PROCESSOR_NAME} with an {_NESTED_KEY!r} entry"
+                )
+        else:
+            file = path
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"no image processor config found: {file!r} does not exist")
         if not isinstance(config, dict):
-            # ValueError like invalid JSON: the file's content is wrong, not an argument's type.
-            raise ValueError(f"{file!r} must hold a JSON object, got {type(config).__name__}")  # noqa: TRY004
-        config.update(kwargs)
+            config = _read_json_object(file)
+            # A processor_config.json passed as a file holds the settings one level down.
+            if isinstance(config.get(_NESTED_KEY), dict):
+                config = config[_NESTED_KEY]
+        config = {**config, **kwargs}
         return cls(**config)
 
     def __repr__(self) -> str:

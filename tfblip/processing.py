@@ -22,14 +22,14 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from tfblip.image_processing import BlipImageProcessor
+from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, BlipImageProcessor
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
-PROCESSOR_FILE = "processor_config.json"
+IMAGE_PROCESSOR_FILE = IMAGE_PROCESSOR_NAME
+PROCESSOR_FILE = PROCESSOR_NAME
 
 # Named special tokens in the order transformers adds the missing ones to the tokenizer.
 _NAMED_SPECIAL_TOKENS = (
@@ -249,23 +249,9 @@ class BlipProcessor:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path!r} is not a directory with BLIP processor files.")
-        image_processor = cls._load_image_processor(path)
+        image_processor = BlipImageProcessor.from_pretrained(path)
         tokenizer, kwargs = cls._load_tokenizer(path)
         return cls(image_processor, tokenizer, **kwargs)
-
-    @staticmethod
-    def _load_image_processor(path):
-        if os.path.isfile(os.path.join(path, IMAGE_PROCESSOR_FILE)):
-            return BlipImageProcessor.from_pretrained(path)
-        processor_file = os.path.join(path, PROCESSOR_FILE)
-        if os.path.isfile(processor_file):
-            config = _read_json(processor_file).get("image_processor")
-            if isinstance(config, dict):
-                return BlipImageProcessor(**config)
-        raise FileNotFoundError(
-            f"No image processor config in {path!r}: expected {IMAGE_PROCESSOR_FILE} "
-            f"(or {PROCESSOR_FILE} with an 'image_processor' entry)."
-        )
 
     @staticmethod
     def _load_tokenizer(path):

@@ -15,8 +15,10 @@ from tfblip.modeling.text import (
     TFBlipTextModel,
     causal_lm_loss,
     check_token_ids,
+    checked_length,
+    checked_token_ids,
 )
-from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.modeling.vision import TFBlipVisionModel, check_image_size, check_pixel_values
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -83,6 +85,11 @@ def start_with_enc_token(input_ids, config):
     return tf.concat([first, input_ids[:, 1:]], axis=1)
 
 
+def _check_objective(objective):
+    if objective not in ("itm", "itc"):
+        raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}.")
+
+
 def graph_function(model, name, function, *variant):
     """`function` as a tf.function, traced once per model and variant, then reused.
 
@@ -106,8 +113,6 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         self.vision_model = TFBlipVisionModel(
             config.vision_config, name="vision_model", dtype=self.dtype_policy
         )
-        # Decoding defaults; from_pretrained fills them from generation_config.json.
-        self.generation_defaults = {}
 
     def build(self, input_shape=None):
         """Every sublayer builds itself from the config when constructed."""
@@ -184,6 +189,45 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         for extra in self.losses:
             loss += self._aggregate_additional_loss(extra)
         return loss
+
+
+class _GeneratingTaskModel(_BlipTaskModel):
+    """A task model with generate(), and the decoding defaults it starts from.
+
+    Args:
+        config: the model's BlipConfig.
+        generation_defaults: generate() options used when a call does not give them;
+            from_pretrained reads them from the checkpoint's generation_config.json. Part of
+            get_config(), so a .keras file keeps them.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
+
+    def __init__(self, config, generation_defaults=None, **kwargs):
+        super().__init__(config, **kwargs)
+        generation_defaults = dict(generation_defaults or {})
+        resolve_options({}, generation_defaults)  # unknown or invalid options raise now
+        self.generation_defaults = generation_defaults
+
+    def get_config(self):
+        return {**super().get_config(), "generation_defaults": dict(self.generation_defaults)}
+
+    def _checked_generate_inputs(self, pixel_values, input_ids, interpolate_pos_encoding):
+        """(pixel_values, input_ids) as tensors, or a ValueError naming the bad one.
+
+        generate() runs the encoders in traced functions, where these errors would come out
+        wrapped in a trace of TensorFlow internals: checking first keeps them plain.
+        """
+        pixel_values = tf.convert_to_tensor(pixel_values, tf.float32)
+        vision_config = self.config.vision_config
+        check_pixel_values(pixel_values, vision_config.num_channels)
+        check_image_size(pixel_values, vision_config, interpolate_pos_encoding)
+        if input_ids is not None:
+            input_ids = tf.convert_to_tensor(input_ids)
+            check_token_ids(input_ids)
+            text_config = self.config.text_config
+            checked_token_ids(input_ids, text_config)
+            checked_length(input_ids, 0, text_config.max_position_embeddings, "input_ids")
+        return pixel_values, input_ids
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -278,11 +322,11 @@ class TFBlipModel(_BlipTaskModel):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipForConditionalGeneration(_BlipTaskModel):
+class TFBlipForConditionalGeneration(_GeneratingTaskModel):
     """Image captioning: the text decoder cross-attends to the image states."""
 
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
+    def __init__(self, config, generation_defaults=None, **kwargs):
+        super().__init__(config, generation_defaults, **kwargs)
         self.text_decoder = TFBlipTextLMHeadModel(
             config.text_config, name="text_decoder", dtype=self.dtype_policy
         )
@@ -349,6 +393,9 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
         attention_mask) decode as they would alone.
         """
         options = resolve_options(self.generation_defaults, options)
+        pixel_values, input_ids = self._checked_generate_inputs(
+            pixel_values, input_ids, interpolate_pos_encoding
+        )
         encode = graph_function(
             self,
             "encode_image",
@@ -359,7 +406,7 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
             ),
             interpolate_pos_encoding,
         )
-        image_embeds = encode(tf.convert_to_tensor(pixel_values, tf.float32))
+        image_embeds = encode(pixel_values)
         prompt_ids, prompt_mask = self.decoder_prompt(
             tf.shape(image_embeds)[0], input_ids, attention_mask
         )
@@ -394,10 +441,10 @@ class TFBlipForConditionalGeneration(_BlipTaskModel):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipForQuestionAnswering(_BlipTaskModel):
+class TFBlipForQuestionAnswering(_GeneratingTaskModel):
     """VQA: the question is encoded with image cross-attention, the answer decoded from it."""
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, generation_defaults=None, **kwargs):
         if config.vision_config.hidden_size != config.text_config.hidden_size:
             raise ValueError(
                 "TFBlipForQuestionAnswering needs equal text and vision hidden sizes (the answer "
@@ -405,7 +452,7 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
                 f"states); got text {config.text_config.hidden_size}, vision "
                 f"{config.vision_config.hidden_size}."
             )
-        super().__init__(config, **kwargs)
+        super().__init__(config, generation_defaults, **kwargs)
         self.text_encoder = TFBlipTextModel(
             config.text_config,
             add_pooling_layer=False,
@@ -519,6 +566,9 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
         questions in a batch answer as they would alone (transformers attends to the padding).
         """
         options = resolve_options(self.generation_defaults, options)
+        pixel_values, input_ids = self._checked_generate_inputs(
+            pixel_values, input_ids, interpolate_pos_encoding
+        )
         input_ids = tf.cast(input_ids, tf.int32)
         if attention_mask is None:
             attention_mask = tf.ones_like(input_ids)
@@ -531,9 +581,7 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
             interpolate_pos_encoding,
             enc_token_id_in_use(self.config),
         )
-        question_embeds = encode(
-            input_ids, tf.convert_to_tensor(pixel_values, tf.float32), attention_mask
-        )
+        question_embeds = encode(input_ids, pixel_values, attention_mask)
         text_config = self.config.text_config
         bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
         return generate(
@@ -634,9 +682,18 @@ class TFBlipForQuestionAnswering(_BlipTaskModel):
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForImageTextRetrieval(_BlipTaskModel):
-    """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B)."""
+    """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B).
 
-    def __init__(self, config, **kwargs):
+    Args:
+        config: the model's BlipConfig.
+        objective: what a call without `use_itm_head` computes, and so what fit() trains:
+            "itm" (match logits; labels 1 = match, 0 = no match) or "itc" (the contrastive
+            similarities). May be changed later (`model.objective = "itc"`); get_config()
+            holds the current value, so a .keras file keeps it.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
+
+    def __init__(self, config, objective="itm", **kwargs):
         super().__init__(config, **kwargs)
         init = config.initializer_range
         self.text_encoder = TFBlipTextModel(
@@ -650,10 +707,12 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         )
         self.text_proj = dense(config.image_text_hidden_size, "text_proj", init, self.dtype_policy)
         self.itm_head = dense(2, "itm_head", init, self.dtype_policy)
-        # What a call without use_itm_head computes, and so what fit() trains: "itm" (match
-        # logits; labels 1 = match, 0 = no match) or "itc" (the contrastive similarities).
-        self.objective = "itm"
+        _check_objective(objective)
+        self.objective = objective
         self.build()
+
+    def get_config(self):
+        return {**super().get_config(), "objective": self.objective}
 
     def build(self, input_shape=None):
         self.vision_proj.build((None, self.config.vision_config.hidden_size))
@@ -711,8 +770,7 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         if input_ids is None:
             raise ValueError("TFBlipForImageTextRetrieval needs input_ids (the text tokens).")
         if use_itm_head is None:
-            if self.objective not in ("itm", "itc"):
-                raise ValueError(f"objective must be 'itm' or 'itc', got {self.objective!r}.")
+            _check_objective(self.objective)
             use_itm_head = self.objective == "itm"
         if labels is not None and not use_itm_head:
             raise ValueError("labels are ITM match labels; they need use_itm_head=True.")

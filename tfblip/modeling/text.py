@@ -467,15 +467,94 @@ def check_token_ids(input_ids, name="input_ids"):
         raise ValueError(f"{name} must be integer token ids, got dtype {input_ids.dtype.name}.")
 
 
+def checked_indices(indices, limit, name, table):
+    """`indices`, checked to lie in [0, limit) before they index the embedding `table`.
+
+    An embedding lookup outside its table fails deep inside TensorFlow (a GatherV2 error that
+    names neither the input nor the model's limit), so the check comes first: with values
+    known when tracing (every eager call) a ValueError, else an assertion the returned tensor
+    depends on, whose InvalidArgumentError says the same when the graph runs.
+
+    Args:
+        indices: an integer tensor (token or position ids).
+        limit: the table's number of rows.
+        name: the input's name, for the message.
+        table: what the rows are, e.g. "token ids of the vocabulary (vocab_size 99)".
+
+    Returns:
+        `indices`, unchanged.
+    """
+    message = f"{name} must hold {table}, in [0, {limit})"
+    values = tf.get_static_value(indices)
+    if values is not None:
+        outside = values[(values < 0) | (values >= limit)]
+        if outside.size:
+            raise ValueError(
+                f"{message}; got {int(outside.flat[0])}. Were the ids made for another "
+                "checkpoint (a different tokenizer or config)?"
+            )
+        return indices
+    inside = tf.reduce_all((indices >= 0) & (indices < tf.cast(limit, indices.dtype)))
+    assertion = tf.debugging.Assert(
+        inside,
+        [f"{message}; got values from", tf.reduce_min(indices), "to", tf.reduce_max(indices)],
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(indices)
+
+
+def checked_token_ids(input_ids, config, name="input_ids"):
+    """`checked_indices` for token ids of the model with text config `config`."""
+    vocab_size = config.vocab_size
+    table = f"token ids of the vocabulary (vocab_size {vocab_size})"
+    return checked_indices(input_ids, vocab_size, name, table)
+
+
+def checked_length(inputs, past_length, max_positions, name):
+    """`inputs` (B, T, ...), checked to fit the position table after `past_length` cached
+    positions; as `checked_indices`: a ValueError when the lengths are known while tracing,
+    else an assertion the returned tensor depends on."""
+    new_length = inputs.shape[1]
+    past = tf.get_static_value(past_length)
+    if new_length is not None and past is not None:
+        if int(past) + new_length > max_positions:
+            cached = f" after {int(past)} cached tokens" if past else ""
+            raise ValueError(
+                f"{name} is {new_length} tokens long{cached}, but the model has "
+                f"{max_positions} position embeddings (max_position_embeddings): truncate "
+                f"the text to at most {max_positions - int(past)} tokens, e.g. with "
+                f"processor(text=..., truncation=True, max_length={max_positions})."
+            )
+        return inputs
+    total = tf.cast(past_length, tf.int32) + tf.shape(inputs)[1]
+    message = (
+        # No apostrophes: the assertion's message would show them escaped.
+        f"{name}, with the cached tokens, must fit the {max_positions} position embeddings "
+        "of the model (max_position_embeddings); truncate the text. Total length:"
+    )
+    assertion = tf.debugging.Assert(total <= max_positions, [message, total])
+    with tf.control_dependencies([assertion]):
+        return tf.identity(inputs)
+
+
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
     """BERT-style text model; causal with `is_decoder=True`, else bidirectional.
 
     Cross-attends to `encoder_hidden_states` when given. With `use_cache` (decoder only) it
     returns `past_key_values` to feed back with the next tokens.
+
+    `from_pretrained` also takes the text tower of a full BLIP checkpoint that has one: the
+    `text_encoder` of a retrieval or VQA checkpoint, the `text_model` of a BlipModel one.
     """
 
     config_class = BlipTextConfig
+    tower_prefixes = ("text_encoder.", "text_model.")
+
+    @classmethod
+    def checkpoint_arguments(cls, keys):
+        # The retrieval and VQA text encoders have no pooler; BlipModel's text model has one.
+        return {"add_pooling_layer": "pooler.dense.weight" in keys}
 
     def __init__(self, config, add_pooling_layer=True, **kwargs):
         super().__init__(**kwargs)
@@ -531,9 +610,28 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         else:
             if (input_ids is None) == (inputs_embeds is None):
                 raise ValueError("Specify exactly one of input_ids and inputs_embeds.")
+            # generate()'s decoding loop (the caller that passes cache_position) feeds tokens
+            # it drew from the vocabulary, within the positions it checked before the loop:
+            # the checks would only cost time on every step.
+            validate = cache_position is None
             if input_ids is not None:
                 input_ids = tf.convert_to_tensor(input_ids)
                 check_token_ids(input_ids)
+                if validate:
+                    input_ids = checked_token_ids(input_ids, self.config)
+            limit = self.config.max_position_embeddings
+            if position_ids is not None and validate:
+                position_ids = checked_indices(
+                    tf.convert_to_tensor(position_ids),
+                    limit,
+                    "position_ids",
+                    f"positions of the position embeddings (max_position_embeddings {limit})",
+                )
+            elif validate and input_ids is not None:
+                input_ids = checked_length(input_ids, past_length, limit, "input_ids")
+            elif validate:
+                inputs_embeds = tf.convert_to_tensor(inputs_embeds)
+                inputs_embeds = checked_length(inputs_embeds, past_length, limit, "inputs_embeds")
             embedding_output = self.embeddings(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,

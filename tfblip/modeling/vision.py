@@ -260,9 +260,14 @@ def check_image_size(pixel_values, config, interpolate_pos_encoding):
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
-    """The BLIP ViT. Outputs `last_hidden_state` (B, 1+N, D) and `pooler_output` (B, D)."""
+    """The BLIP ViT. Outputs `last_hidden_state` (B, 1+N, D) and `pooler_output` (B, D).
+
+    `from_pretrained` also takes the vision tower of a full BLIP checkpoint (captioning, VQA,
+    retrieval or BlipModel).
+    """
 
     config_class = BlipVisionConfig
+    tower_prefixes = ("vision_model.",)
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
