@@ -341,6 +341,7 @@ def test_preprocess_without_resize_needs_equal_sizes():
         ({"resample": PIL.Image.Resampling.BILINEAR}, "resample"),
         ({"resample": PIL.Image.Resampling.LANCZOS}, "resample"),
         ({"do_convert_rgb": False}, "do_convert_rgb"),
+        ({"alpha": "white"}, "alpha='white'"),
     ],
 )
 def test_preprocess_refuses_options_it_cannot_reproduce(options, option):

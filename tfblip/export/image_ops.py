@@ -312,6 +312,12 @@ def _check_reproducible(options: dict[str, Any]) -> None:
             "preprocess_image_bytes always converts to RGB; do_convert_rgb=False (keeping a "
             "file's own channels) cannot be reproduced in the graph"
         )
+    if options["alpha"] == "white":
+        raise ValueError(
+            "preprocess_image_bytes drops the alpha of transparent images, as the processor does "
+            "for file paths; alpha='white' (compositing onto white) cannot be reproduced in the "
+            "graph: use alpha=None or 'drop'"
+        )
     if options["resample"] != PIL.Image.Resampling.BICUBIC:
         name = PIL.Image.Resampling(options["resample"]).name
         raise ValueError(
@@ -336,7 +342,7 @@ def preprocess_image_bytes(image_bytes: Any, image_processor: BlipImageProcessor
 
     Raises:
         ValueError: (when the graph is built) an option the graph cannot reproduce:
-            ``resample`` other than bicubic, or ``do_convert_rgb=False``.
+            ``resample`` other than bicubic, ``do_convert_rgb=False`` or ``alpha="white"``.
         tf.errors.InvalidArgumentError: (when the op runs) as :func:`decode_image`, or images
             of different sizes with ``do_resize=False``.
     """
