@@ -32,6 +32,7 @@ import tempfile
 import time
 
 import numpy as np
+from measure_load_memory import STATUS_BYTES_SOURCE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -269,17 +270,13 @@ def write_processor_files(directory):
 # baseline, then the export loaded and one request answered, either by the TF2 object loader
 # (`tf.saved_model.load`) or by a TF1 Session (`loader.load` + `Session.run`: the C++ runtime
 # path TF Serving takes). VmRSS is what the process holds afterwards; VmHWM its peak.
-SERVING_MEMORY_CHILD = """
+SERVING_MEMORY_CHILD = (
+    """
 import json, sys
 import tensorflow as tf
-
-def status_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field + " not in /proc/self/status")
-
+"""
+    + STATUS_BYTES_SOURCE
+    + """
 loader, export_dir, image_path = sys.argv[1:]
 with open(image_path, "rb") as f:
     image = f.read()
@@ -299,6 +296,7 @@ else:
         after = status_bytes("VmRSS")
 print(json.dumps({"before": before, "after": after, "peak": status_bytes("VmHWM")}))
 """
+)
 
 
 def serving_memory(loader, export_dir, jpeg, checkpoint_bytes):

@@ -33,21 +33,27 @@ WARM_UP_CONFIG = {
     },
 }
 
-# Runs in the child process. TensorFlow's runtime grows on its first ops (thread pools,
-# kernels), so a tiny model runs once before the baseline is taken. The peak is VmHWM of
-# this process's own memory map: getrusage's ru_maxrss would also count the parent's memory
-# at fork time, which Linux carries over into the child across exec.
-CHILD = """
-import json, sys
-import tfblip
-
+# `status_bytes(field)` for child processes: a /proc/self/status figure in bytes.
+STATUS_BYTES_SOURCE = """
 def status_bytes(field):
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(field + " not in /proc/self/status")
+"""
 
+# Runs in the child process. TensorFlow's runtime grows on its first ops (thread pools,
+# kernels), so a tiny model runs once before the baseline is taken. The peak is VmHWM of
+# this process's own memory map: getrusage's ru_maxrss would also count the parent's memory
+# at fork time, which Linux carries over into the child across exec.
+CHILD = (
+    """
+import json, sys
+import tfblip
+"""
+    + STATUS_BYTES_SOURCE
+    + """
 tiny = tfblip.BlipConfig(**json.loads(sys.argv[2]))
 tfblip.TFBlipForConditionalGeneration(tiny)(
     pixel_values=[[[[0.0] * 32] * 32] * 3], input_ids=[[1, 2]]
@@ -56,6 +62,7 @@ before = status_bytes("VmRSS")
 tfblip.TFBlipForConditionalGeneration.from_pretrained(sys.argv[1])
 print(json.dumps({"before": before, "peak": status_bytes("VmHWM"), "after": status_bytes("VmRSS")}))
 """
+)
 
 
 def write_checkpoint(config_name, directory):
