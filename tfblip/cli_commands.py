@@ -19,10 +19,9 @@ from tfblip.checkpoint import resolve_checkpoint_path
 from tfblip.cli import DEFAULT_MODELS, CommandError, generation_options
 from tfblip.configuration import CONFIG_NAME
 from tfblip.export.saved_model import TASKS, export_saved_model
+from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 from tfblip.modeling.blip import TFBlipModel
 from tfblip.processing import (
-    IMAGE_PROCESSOR_FILE,
-    PROCESSOR_FILE,
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
@@ -36,8 +35,8 @@ PROCESSOR_FILES = (
     VOCAB_FILE,
     TOKENIZER_CONFIG_FILE,
     SPECIAL_TOKENS_MAP_FILE,
-    IMAGE_PROCESSOR_FILE,
-    PROCESSOR_FILE,
+    IMAGE_PROCESSOR_NAME,
+    PROCESSOR_NAME,
 )
 # config.json "architectures" -> task, as in TASKS: transformers' PyTorch class names, and
 # its TensorFlow ones (tf_model.h5 checkpoints), which are tfblip's.

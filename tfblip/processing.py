@@ -22,14 +22,12 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, BlipImageProcessor
+from tfblip.image_processing import BlipImageProcessor
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-IMAGE_PROCESSOR_FILE = IMAGE_PROCESSOR_NAME
-PROCESSOR_FILE = PROCESSOR_NAME
 
 # Named special tokens in the order transformers adds the missing ones to the tokenizer.
 _NAMED_SPECIAL_TOKENS = (
