@@ -40,7 +40,19 @@ class ModelOutput(dict):
 
 
 def register_output(name, fields, doc):
-    """A ModelOutput subclass with these fields, registered with Keras' tree utilities."""
+    """A ModelOutput subclass, registered with Keras' tree utilities.
+
+    Args:
+        name: the class name.
+        fields: the field names in transformers' order, as a list or one space-separated
+            string (as `collections.namedtuple` takes them).
+        doc: the class docstring.
+
+    Returns:
+        The new class.
+    """
+    if isinstance(fields, str):
+        fields = fields.split()
     cls = type(name, (ModelOutput,), {"fields": tuple(fields), "__doc__": doc})
     optree.register_pytree_node(
         cls,
@@ -53,69 +65,40 @@ def register_output(name, fields, doc):
 
 BaseModelOutputWithPooling = register_output(
     "BaseModelOutputWithPooling",
-    ["last_hidden_state", "pooler_output", "hidden_states", "attentions"],
+    "last_hidden_state pooler_output hidden_states attentions",
     "Output of an encoder with a pooled first token.",
 )
 BaseModelOutputWithPoolingAndCrossAttentions = register_output(
     "BaseModelOutputWithPoolingAndCrossAttentions",
-    [
-        "last_hidden_state",
-        "pooler_output",
-        "past_key_values",
-        "hidden_states",
-        "attentions",
-        "cross_attentions",
-    ],
+    "last_hidden_state pooler_output past_key_values hidden_states attentions cross_attentions",
     "Output of the BLIP text model. `past_key_values` holds, per layer, the self-attention "
     "(key, value) and, when cross-attending, the cross-attention (key, value).",
 )
 CausalLMOutputWithCrossAttentions = register_output(
     "CausalLMOutputWithCrossAttentions",
-    ["loss", "logits", "past_key_values", "hidden_states", "attentions", "cross_attentions"],
+    "loss logits past_key_values hidden_states attentions cross_attentions",
     "Output of the BLIP text decoder with its language-modeling head.",
 )
 BlipOutput = register_output(
     "BlipOutput",
-    [
-        "loss",
-        "logits_per_image",
-        "logits_per_text",
-        "text_embeds",
-        "image_embeds",
-        "text_model_output",
-        "vision_model_output",
-    ],
+    "loss logits_per_image logits_per_text text_embeds image_embeds text_model_output "
+    "vision_model_output",
     "Output of TFBlipModel: scaled image-text similarities and normalized embeddings.",
 )
 BlipForConditionalGenerationModelOutput = register_output(
     "BlipForConditionalGenerationModelOutput",
-    ["loss", "logits", "image_embeds", "last_hidden_state", "hidden_states", "attentions"],
+    "loss logits image_embeds last_hidden_state hidden_states attentions",
     "Output of TFBlipForConditionalGeneration.",
 )
 BlipTextVisionModelOutput = register_output(
     "BlipTextVisionModelOutput",
-    [
-        "loss",
-        "image_embeds",
-        "last_hidden_state",
-        "hidden_states",
-        "attentions",
-        "decoder_logits",
-    ],
+    "loss image_embeds last_hidden_state hidden_states attentions decoder_logits",
     "Output of TFBlipForQuestionAnswering. `decoder_logits` are the answer decoder's logits "
     "(transformers 4.x returned them; 5.x dropped the field).",
 )
 BlipImageTextMatchingModelOutput = register_output(
     "BlipImageTextMatchingModelOutput",
-    [
-        "itm_score",
-        "loss",
-        "image_embeds",
-        "last_hidden_state",
-        "hidden_states",
-        "vision_pooler_output",
-        "attentions",
-        "question_embeds",
-    ],
+    "itm_score loss image_embeds last_hidden_state hidden_states vision_pooler_output "
+    "attentions question_embeds",
     "Output of TFBlipForImageTextRetrieval.",
 )
