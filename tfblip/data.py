@@ -35,11 +35,11 @@ ignored. Relative image paths resolve against the file's directory (for lists, t
 directory). :func:`read_records` reads and checks a source without building a dataset.
 
 Images are read and decoded in the tf.data pipeline (``num_parallel_calls=AUTOTUNE``) with
-:func:`tfblip.export.image_ops.decode_image`: JPEG, PNG, GIF (first frame) and BMP files.
+:func:`tfblip.ops.image.decode_image`: JPEG, PNG, GIF (first frame) and BMP files.
 
 * ``training=False``: exactly the processor's ``pixel_values`` for the file (bicubic resize to
   the image processor's size, its rescale + normalize lookup table), except that the EXIF
-  orientation of photos is not applied (see :mod:`tfblip.export.image_ops`).
+  orientation of photos is not applied (see :mod:`tfblip.ops.image`).
 * ``training=True``: BLIP's training transform: torchvision's ``RandomResizedCrop`` to the
   processor's size with scale (0.5, 1.0) and ratio (3/4, 4/3) (10 tries, then its centre-crop
   fallback), Pillow-exact bicubic resize of the crop, random horizontal flip, then the same
@@ -90,8 +90,13 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from tfblip.export.image_ops import decode_image, pillow_bicubic_resize
 from tfblip.modeling.text import IGNORE_INDEX
+from tfblip.ops.image import (
+    PixelNormalizer,
+    check_graph_options,
+    decode_image,
+    pillow_bicubic_resize,
+)
 from tfblip.processing import BlipProcessor
 
 __all__ = [
@@ -350,26 +355,9 @@ def _image_loader(processor: BlipProcessor, training: bool) -> tuple[Callable, t
             "the image processor has do_resize=False; batching needs one image size, so the "
             "data pipeline needs do_resize=True"
         )
-    if not options["do_convert_rgb"]:
-        raise ValueError(
-            "the image processor has do_convert_rgb=False; the data pipeline always decodes "
-            "images to RGB"
-        )
-    if options["alpha"] == "white":
-        raise ValueError(
-            "the image processor has alpha='white'; the data pipeline decodes image files with "
-            "their alpha dropped, as alpha=None and alpha='drop' do for files"
-        )
-    if options["resample"] != PIL.Image.Resampling.BICUBIC:
-        raise ValueError(
-            f"the data pipeline resizes as Pillow's bicubic filter only; the image processor "
-            f"has resample={options['resample']} "
-            f"({PIL.Image.Resampling(options['resample']).name})"
-        )
+    check_graph_options(options, "the data pipeline")
     height, width = options["size"]["height"], options["size"]["width"]
-    # Channel c's value for pixel level p sits at 256 * c + p.
-    table = tf.constant(image_processor._lut(3, options, "tfblip.data").reshape(-1))
-    channel_offsets = tf.constant([0, 256, 512], tf.int32)[:, None, None]
+    normalize = PixelNormalizer(image_processor, options, "tfblip.data")
 
     def load(path: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         image = decode_image(tf.io.read_file(path))
@@ -384,9 +372,7 @@ def _image_loader(processor: BlipProcessor, training: bool) -> tuple[Callable, t
             image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
         else:
             image = pillow_bicubic_resize(image, height, width)
-        channels_first = tf.transpose(tf.cast(image, tf.int32), [2, 0, 1])
-        pixels = tf.gather(table, channels_first + channel_offsets)
-        return tf.ensure_shape(pixels, [3, height, width])
+        return tf.ensure_shape(normalize(image), [3, height, width])
 
     return load, (3, height, width)
 

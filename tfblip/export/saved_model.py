@@ -1,9 +1,9 @@
 """`export_saved_model`: a BLIP task model as a SavedModel that stock TF Serving runs.
 
 Clients send encoded images and strings; the graph decodes and preprocesses the images
-(`image_ops`), tokenizes and detokenizes text (`text_ops`) and generates with the same
-decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow ops: no
-XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
+(`tfblip.ops.image`), tokenizes and detokenizes text (`tfblip.ops.text`) and generates with
+the same decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow
+ops: no XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
 time. Each signature also has a `*_from_pixels` variant for clients that preprocess
 themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask int32 instead
 of strings).
@@ -20,8 +20,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfblip.export.image_ops import preprocess_image_bytes
-from tfblip.export.text_ops import GraphTokenizer
 from tfblip.export.warmup import write_warmup_requests
 from tfblip.generation import decode, resolve_options
 from tfblip.modeling.blip import (
@@ -31,6 +29,8 @@ from tfblip.modeling.blip import (
     TFBlipModel,
     all_ones_mask,
 )
+from tfblip.ops.image import preprocess_image_bytes
+from tfblip.ops.text import GraphTokenizer
 
 TASKS = {
     "caption": TFBlipForConditionalGeneration,

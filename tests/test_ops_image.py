@@ -1,4 +1,4 @@
-"""Tests for tfblip.export.image_ops: in-graph decoding and resizing, checked against Pillow.
+"""Tests for tfblip.ops.image: in-graph decoding and resizing, checked against Pillow.
 
 Pillow is the ground truth: the Python image processor opens files with it.
 """
@@ -14,8 +14,8 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from tfblip.export.image_ops import decode_image, pillow_bicubic_resize, preprocess_image_bytes
 from tfblip.image_processing import BlipImageProcessor
+from tfblip.ops.image import decode_image, pillow_bicubic_resize, preprocess_image_bytes
 
 BLIP_SIZE = (384, 384)
 MIN_IDENTICAL_SHARE = 0.999
