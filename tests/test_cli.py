@@ -26,7 +26,7 @@ from test_processing import _build_vocab, _write_salesforce_dir
 
 import tfblip
 from tfblip.checkpoint import pytorch_state_dict
-from tfblip.cli_commands import Reporter
+from tfblip.cli.report import Reporter
 
 CAPTION_OPTIONS = ["--num-beams", "2", "--max-new-tokens", "6"]
 TEXTS = ["a cat on a couch", "an astronaut", "coffee"]

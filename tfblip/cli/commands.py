@@ -1,6 +1,6 @@
-"""What each `tfblip` subcommand does (`tfblip.cli` parses the arguments).
+"""What each `tfblip` subcommand does (`tfblip.cli.parser` parses the arguments).
 
-Imported only once `tfblip.cli` has configured TensorFlow's logging, since importing this
+Imported only once `tfblip.cli.main` has configured TensorFlow's logging, since importing this
 module loads TensorFlow. Each runner returns the exit code: 0, or 1 when an input failed.
 """
 
@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from tfblip.checkpoint import resolve_checkpoint_path
-from tfblip.cli import DEFAULT_MODELS, CommandError, generation_options
+from tfblip.cli.parser import DEFAULT_MODELS, generation_options
+from tfblip.cli.report import CommandError, Reporter
 from tfblip.configuration import CONFIG_NAME
 from tfblip.export.saved_model import TASKS, export_saved_model
 from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
@@ -45,7 +45,6 @@ ARCHITECTURE_TASKS = {
     for task, model_class in TASKS.items()
     for name in (model_class.__name__, model_class.__name__.removeprefix("TF"))
 }
-PROGRESS_MIN_IMAGES = 8
 HUB_HELP = (
     "{name!r} is not a local directory, and it could not be downloaded from the Hugging Face "
     "Hub ({reason}). Pass a local checkpoint directory instead, --model DIR: a directory "
@@ -56,53 +55,6 @@ HUB_HELP = (
     "directory here. tfblip downloads repo ids itself when the hub extra is installed (pip "
     "install 'tfblip[hub]') and the Hub can be reached."
 )
-
-
-class Reporter:
-    """Reports failed inputs and shows progress on stderr; counts the failures.
-
-    The progress bar (tqdm: images done, images/s, time left) is shown only on a terminal,
-    for more than PROGRESS_MIN_IMAGES images, and not with --quiet.
-    """
-
-    def __init__(self, command, quiet=False, stream=None):
-        self.command = command
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.failures = 0
-        self.bar = None
-
-    def error(self, message):
-        self.clear()
-        print(f"tfblip {self.command}: error: {message}", file=self.stream, flush=True)
-        self.failures += 1
-        self.draw()
-
-    def start(self, total):
-        if not self.quiet and total > PROGRESS_MIN_IMAGES and self.stream.isatty():
-            self.bar = tqdm(total=total, file=self.stream, unit="image", dynamic_ncols=True)
-
-    def advance(self, count):
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def draw(self):
-        if self.bar is not None:
-            self.bar.refresh()
-
-    def clear(self):
-        """Erases the bar, so that a line written to the terminal does not run into it."""
-        if self.bar is not None:
-            self.bar.clear()
-
-    def finish(self):
-        if self.bar is not None:
-            self.bar.close()  # leaves the final bar, then a new line
-            self.bar = None
-
-    @property
-    def exit_code(self):
-        return 1 if self.failures else 0
 
 
 # ----------------------------------------------------------------------------- checkpoints
