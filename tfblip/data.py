@@ -90,6 +90,7 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
+from tfblip.arguments import is_int, positive_int
 from tfblip.modeling.text import IGNORE_INDEX
 from tfblip.ops.image import (
     PixelNormalizer,
@@ -295,17 +296,16 @@ def _options(
     skip_corrupt,
     validate,
 ) -> _Options:
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     if padding not in _PADDING_MODES:
         raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-    if max_length is not None and (not _is_int(max_length) or max_length < 2):
+    if max_length is not None and (not is_int(max_length) or max_length < 2):
         raise ValueError(
             f"max_length must be an integer >= 2 ([CLS] and [SEP]) or None, got {max_length!r}"
         )
     if padding == "max_length" and max_length is None:
         raise ValueError("padding='max_length' needs max_length")
-    if seed is not None and (not _is_int(seed) or seed < 0):
+    if seed is not None and (not is_int(seed) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     # Shuffling and the per-example randomness get independent seeds from the one given.
     shuffle_seed = element_seed = None
@@ -325,10 +325,6 @@ def _options(
         skip_corrupt=bool(skip_corrupt),
         validate=bool(validate),
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_processor(processor: Any) -> None:
@@ -910,10 +906,7 @@ def retrieval_dataset(
     )
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}")
-    if not _is_int(negatives_per_pair) or negatives_per_pair < 1:
-        raise ValueError(
-            f"negatives_per_pair must be a positive integer, got {negatives_per_pair!r}"
-        )
+    negatives_per_pair = positive_int("negatives_per_pair", negatives_per_pair)
     _check_processor(processor)
     records = read_records(source, PAIR_COLUMNS)
     if objective == "itc":
