@@ -274,7 +274,7 @@ class Retriever:
 
     def _text_features(self, input_ids, attention_mask):
         """ITC features of tokenized texts, batched."""
-        encode = graph_function(self.model, "retrieval_encode_texts", self.model.itc_text_features)
+        encode = graph_function(self.model, "retrieval_encode_texts", self.model.get_text_features)
         features = []
         for start in range(0, len(input_ids), self.batch_size):
             end = start + self.batch_size

@@ -20,7 +20,6 @@ from tfblip.cli.report import CommandError, Reporter
 from tfblip.configuration import CONFIG_NAME
 from tfblip.export.saved_model import TASKS, export_saved_model
 from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
-from tfblip.modeling.blip import TFBlipModel
 from tfblip.processing import (
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -286,15 +285,8 @@ def match(args):
     texts = encode_texts(processor, model, args.text)
     image_states = model.vision_model(pixel_values=pixels).last_hidden_state
     image_states = tf.repeat(image_states, len(args.text), axis=0)
-    itm_logits, _ = model.image_text_matching(
-        image_states, texts["input_ids"], texts["attention_mask"]
-    )
-    image_features, text_features, _ = model.contrastive_features(
-        image_states, texts["input_ids"], texts["attention_mask"]
-    )
-    itm = tf.nn.softmax(tf.cast(itm_logits, tf.float32), axis=-1)[:, 1].numpy()
-    itc = tf.reduce_sum(tf.cast(image_features * text_features, tf.float32), axis=-1).numpy()
-    rows = zip(args.text, itm.tolist(), itc.tolist())
+    itm, itc = model.pair_scores(image_states, texts["input_ids"], texts["attention_mask"])
+    rows = zip(args.text, itm.numpy().tolist(), itc.numpy().tolist())
     if args.format == "jsonl":
         for text, probability, similarity in rows:
             record = {"text": text, "itm_probability": probability, "itc_similarity": similarity}
@@ -306,32 +298,6 @@ def match(args):
     return 0
 
 
-def _image_features(model, pixels, processor):
-    if isinstance(model, TFBlipModel):
-        return model.get_image_features(pixel_values=pixels)
-    image_states = model.vision_model(pixel_values=pixels).last_hidden_state
-    # contrastive_features computes both towers; a one-token text stands in for the text.
-    placeholder_text = tf.fill((tf.shape(image_states)[0], 1), processor.cls_token_id)
-    image_features, _, _ = model.contrastive_features(image_states, placeholder_text)
-    return image_features
-
-
-def _text_features(model, texts):
-    if isinstance(model, TFBlipModel):
-        return model.get_text_features(
-            input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
-        )
-    # contrastive_features computes both towers; a one-patch blank image stands in for the
-    # image.
-    placeholder_image = tf.zeros(
-        (tf.shape(texts["input_ids"])[0], 1, model.config.vision_config.hidden_size)
-    )
-    _, text_features, _ = model.contrastive_features(
-        placeholder_image, texts["input_ids"], texts["attention_mask"]
-    )
-    return text_features
-
-
 def _save_array(path, features):
     rows = np.concatenate([np.asarray(batch, np.float32) for batch in features])
     with open(path, "wb") as f:  # np.save(path) would append ".npy" to other names
@@ -341,7 +307,13 @@ def _save_array(path, features):
 def _embed_texts(args):
     checkpoint, task, processor = open_checkpoint(args.model, ("retrieval", "features"), "embed")
     model = TASKS[task].from_pretrained(checkpoint)
-    _save_array(args.output, [_text_features(model, encode_texts(processor, model, args.text))])
+    texts = encode_texts(processor, model, args.text)
+    # Both model kinds have get_text_features / get_image_features: a retrieval model's are its
+    # normalized ITC features, a TFBlipModel's transformers' projected ones.
+    features = model.get_text_features(
+        input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
+    )
+    _save_array(args.output, [features])
     return 0
 
 
@@ -354,7 +326,7 @@ def _embed_images(args):
     model = TASKS[task].from_pretrained(checkpoint)
     features, embedded_paths = [], []
     for batch_paths, pixels in image_batches(processor, paths, args.batch_size, reporter):
-        features.append(_image_features(model, pixels, processor))
+        features.append(model.get_image_features(pixel_values=pixels))
         embedded_paths.extend(batch_paths)
     if not features:
         raise CommandError("none of the images could be read; nothing written")

@@ -222,14 +222,8 @@ class _ServingFunctions:
     def _retrieval(self, pixel_values, input_ids, attention_mask):
         self._same_batch(pixel_values, input_ids)
         states = self._image_states(pixel_values)
-        itm_logits, _ = self.model.image_text_matching(states, input_ids, attention_mask)
-        image_feat, text_feat, _ = self.model.contrastive_features(
-            states, input_ids, attention_mask
-        )
-        return {
-            "itm_probability": tf.nn.softmax(tf.cast(itm_logits, tf.float32), axis=-1)[:, 1],
-            "itc_similarity": tf.cast(tf.reduce_sum(image_feat * text_feat, axis=-1), tf.float32),
-        }
+        itm_probability, itc_similarity = self.model.pair_scores(states, input_ids, attention_mask)
+        return {"itm_probability": itm_probability, "itc_similarity": itc_similarity}
 
     def _retrieval_bytes(self, image_bytes, text):
         input_ids, attention_mask = self.tokenizer.tokenize(text)
