@@ -285,17 +285,19 @@ class _Options:
     validate: bool
 
 
-def _options(
-    training,
-    batch_size,
-    shuffle,
-    seed,
-    drop_remainder,
-    padding,
-    max_length,
-    skip_corrupt,
-    validate,
-) -> _Options:
+def _options(arguments: dict[str, Any]) -> _Options:
+    """The checked pipeline options of a builder call.
+
+    Every builder takes the same pipeline arguments (``training``, ``batch_size``, ...,
+    ``validate``) and passes its ``locals()`` as its first statement, so that they are read
+    and checked in this one place.
+    """
+    training, batch_size, shuffle, seed, drop_remainder = (
+        arguments[name] for name in ("training", "batch_size", "shuffle", "seed", "drop_remainder")
+    )
+    padding, max_length, skip_corrupt, validate = (
+        arguments[name] for name in ("padding", "max_length", "skip_corrupt", "validate")
+    )
     batch_size = positive_int("batch_size", batch_size)
     if padding not in _PADDING_MODES:
         raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
@@ -700,17 +702,7 @@ def caption_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids``,
         ``attention_mask`` and ``labels``.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     if processor.bos_token_id is None:
         raise ValueError("the processor's tokenizer has no bos token ([DEC]) to start captions")
@@ -738,14 +730,7 @@ def caption_dataset(
             labels.append(row[:1] + [IGNORE_INDEX] * len(prompt_ids) + row[1 + len(prompt_ids) :])
         return {"input_ids": _ragged(ids), "labels": _ragged(labels)}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {
-            "pixel_values": pixel_values,
-            **_text_inputs(tables["input_ids"][index]),
-            "labels": tables["labels"][index],
-        }
-
-    return _build(records, processor, options, make_tables, make_example)
+    return _build(records, processor, options, make_tables, _labelled_example)
 
 
 def vqa_dataset(
@@ -772,17 +757,7 @@ def vqa_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask`` (the question) and ``labels`` (the answer).
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, VQA_COLUMNS)
 
@@ -795,14 +770,7 @@ def vqa_dataset(
             row[0] = processor.bos_token_id
         return {"input_ids": _ragged(questions), "labels": _ragged(answers)}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {
-            "pixel_values": pixel_values,
-            **_text_inputs(tables["input_ids"][index]),
-            "labels": tables["labels"][index],
-        }
-
-    return _build(records, processor, options, make_tables, make_example)
+    return _build(records, processor, options, make_tables, _labelled_example)
 
 
 def contrastive_dataset(
@@ -828,17 +796,7 @@ def contrastive_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask``.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, PAIR_COLUMNS)
     return _build(records, processor, options, *_pair_functions(processor, max_length))
@@ -851,10 +809,18 @@ def _pair_functions(processor: BlipProcessor, max_length: int | None) -> tuple[C
         texts = [text for _, text in records]
         return {"input_ids": _ragged(_tokenize(processor, texts, max_length))}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {"pixel_values": pixel_values, **_text_inputs(tables["input_ids"][index])}
+    return make_tables, _pair_example
 
-    return make_tables, make_example
+
+def _pair_example(tables: dict, index: tf.Tensor, seed: tf.Tensor, pixel_values: tf.Tensor):
+    """``make_example`` of an image and its text: ``pixel_values``, ``input_ids`` and
+    ``attention_mask``."""
+    return {"pixel_values": pixel_values, **_text_inputs(tables["input_ids"][index])}
+
+
+def _labelled_example(tables: dict, index: tf.Tensor, seed: tf.Tensor, pixel_values: tf.Tensor):
+    """``make_example`` of a pair example with its ``labels`` (a caption's or answer's tokens)."""
+    return {**_pair_example(tables, index, seed, pixel_values), "labels": tables["labels"][index]}
 
 
 def retrieval_dataset(
@@ -893,17 +859,7 @@ def retrieval_dataset(
         ValueError: (besides bad options and sources) with "itm", an image whose every text in
             the data is one of its own, leaving no negative to draw.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}")
     negatives_per_pair = positive_int("negatives_per_pair", negatives_per_pair)

@@ -109,6 +109,50 @@ EXPORT_EPILOG = """examples:
 """
 
 
+# Each command's summary (in `tfblip --help`), description and examples (in its --help).
+COMMANDS = {
+    "caption": (
+        "caption images",
+        "Caption image files: one line per image, `path<TAB>caption` (or JSON lines).",
+        CAPTION_EPILOG,
+    ),
+    "vqa": (
+        "answer a question about an image",
+        "Answer a question about an image; prints the answer.",
+        VQA_EPILOG,
+    ),
+    "match": (
+        "score how well texts describe an image",
+        (
+            "Score texts against an image with a retrieval checkpoint: the image-text matching\n"
+            "(ITM) probability and the contrastive (ITC) similarity of each text."
+        ),
+        MATCH_EPILOG,
+    ),
+    "embed": (
+        "write image or text feature vectors to a .npy file",
+        "Compute image features (or text features, with --text); save them as a .npy array.",
+        EMBED_EPILOG,
+    ),
+    "convert": (
+        "convert a checkpoint to safetensors or a .keras file",
+        (
+            "Convert a BLIP checkpoint to a config.json + model.safetensors directory,\n"
+            "or to a Keras .keras file."
+        ),
+        CONVERT_EPILOG,
+    ),
+    "export": (
+        "write a SavedModel for TF Serving",
+        (
+            "Export a checkpoint as a TF Serving SavedModel: image bytes and text in, text\n"
+            "(or scores, or embeddings) out. Generation options are fixed at export."
+        ),
+        EXPORT_EPILOG,
+    ),
+}
+
+
 def _early_stopping(value):
     choices = {"true": True, "false": False, "never": "never"}
     if value.lower() not in choices:
@@ -168,7 +212,8 @@ def _generation_usage_problem(args, sampling_needs_flag):
     return None
 
 
-def _add_command(subparsers, common, name, summary, description, epilog):
+def _add_command(subparsers, common, name):
+    summary, description, epilog = COMMANDS[name]
     parser = subparsers.add_parser(
         name,
         parents=[common],
@@ -213,14 +258,7 @@ def _add_batch_arguments(parser):
 
 
 def _add_caption_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "caption",
-        "caption images",
-        "Caption image files: one line per image, `path<TAB>caption` (or JSON lines).",
-        CAPTION_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "caption")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory or glob")
     _add_model_argument(parser, "caption")
     parser.add_argument("--prompt", help="text each caption starts with, e.g. 'a picture of'")
@@ -232,14 +270,7 @@ def _add_caption_parser(subparsers, common):
 
 
 def _add_vqa_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "vqa",
-        "answer a question about an image",
-        "Answer a question about an image; prints the answer.",
-        VQA_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "vqa")
     parser.add_argument("image", metavar="IMAGE", help="image file")
     parser.add_argument("--question", required=True, help="the question, in English")
     _add_model_argument(parser, "vqa")
@@ -248,15 +279,7 @@ def _add_vqa_parser(subparsers, common):
 
 
 def _add_match_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "match",
-        "score how well texts describe an image",
-        "Score texts against an image with a retrieval checkpoint: the image-text matching\n"
-        "(ITM) probability and the contrastive (ITC) similarity of each text.",
-        MATCH_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "match")
     parser.add_argument("image", metavar="IMAGE", help="image file")
     parser.add_argument(
         "--text", action="append", required=True, help="a text to score (repeat for more)"
@@ -272,14 +295,7 @@ def _embed_usage_problem(args):
 
 
 def _add_embed_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "embed",
-        "write image or text feature vectors to a .npy file",
-        "Compute image features (or text features, with --text); save them as a .npy array.",
-        EMBED_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "embed")
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="image file, directory or glob (as for caption)"
     )
@@ -291,15 +307,7 @@ def _add_embed_parser(subparsers, common):
 
 
 def _add_convert_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "convert",
-        "convert a checkpoint to safetensors or a .keras file",
-        "Convert a BLIP checkpoint to a config.json + model.safetensors directory,\n"
-        "or to a Keras .keras file.",
-        CONVERT_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "convert")
     parser.add_argument("source", metavar="SRC", help="checkpoint directory or hub repo id")
     parser.add_argument("destination", metavar="DST", help="directory, or a file ending in .keras")
     parser.add_argument(
@@ -309,15 +317,7 @@ def _add_convert_parser(subparsers, common):
 
 
 def _add_export_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "export",
-        "write a SavedModel for TF Serving",
-        "Export a checkpoint as a TF Serving SavedModel: image bytes and text in, text\n"
-        "(or scores, or embeddings) out. Generation options are fixed at export.",
-        EXPORT_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "export")
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub repo id)")
     parser.add_argument("--task", required=True, choices=TASK_CHOICES)
     parser.add_argument(
