@@ -745,6 +745,29 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
     # tfblip.scoring and tfblip.retrieval): image features from pixels or from vision states,
     # text features, ITM logits / probabilities, and both scores of (image, text) pairs.
 
+    def image_text_matching(self, image_embeds, input_ids, attention_mask=None, training=False):
+        """ITM logits of each text with its image, and the text encoder's states.
+
+        Args:
+            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
+            input_ids: (B, L') int token ids of the texts ("[CLS]" first; "[ENC]" is put in
+                its place when the config's use_enc_token asks for it).
+            attention_mask: (B, L'), or None to attend to every token.
+            training: whether the text encoder runs in training mode (dropout).
+
+        Returns:
+            ((B, 2) logits (no match, match), (B, L', H) states of the image-grounded text
+            encoder).
+        """
+        question_embeds = self.text_encoder(
+            input_ids=start_with_enc_token(input_ids, self.config),
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=all_ones_mask(image_embeds),
+            training=training,
+        ).last_hidden_state
+        return self.itm_head(question_embeds[:, 0, :]), question_embeds
+
     def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
         """Contrastive (ITC) features of images, as `contrastive_features` computes them.
 
@@ -844,29 +867,6 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         )
         similarity = tf.reduce_sum(image_features * text_features, axis=-1)
         return self.itm_probability(image_embeds, input_ids, attention_mask), similarity
-
-    def image_text_matching(self, image_embeds, input_ids, attention_mask=None, training=False):
-        """ITM logits of each text with its image, and the text encoder's states.
-
-        Args:
-            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
-            input_ids: (B, L') int token ids of the texts ("[CLS]" first; "[ENC]" is put in
-                its place when the config's use_enc_token asks for it).
-            attention_mask: (B, L'), or None to attend to every token.
-            training: whether the text encoder runs in training mode (dropout).
-
-        Returns:
-            ((B, 2) logits (no match, match), (B, L', H) states of the image-grounded text
-            encoder).
-        """
-        question_embeds = self.text_encoder(
-            input_ids=start_with_enc_token(input_ids, self.config),
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=all_ones_mask(image_embeds),
-            training=training,
-        ).last_hidden_state
-        return self.itm_head(question_embeds[:, 0, :]), question_embeds
 
     def call(
         self,
