@@ -6,9 +6,11 @@ gives for the same files. Subprocesses start TensorFlow (seconds each), so each 
 several things; usage errors fail in argparse, before TensorFlow loads, and are cheap.
 """
 
+import ast
 import io
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from test_processing import _build_vocab, _write_salesforce_dir
 
 import tfblip
 from tfblip.checkpoint import pytorch_state_dict
-from tfblip.cli_commands import Reporter
+from tfblip.cli.report import Reporter
 
 CAPTION_OPTIONS = ["--num-beams", "2", "--max-new-tokens", "6"]
 TEXTS = ["a cat on a couch", "an astronaut", "coffee"]
@@ -367,6 +369,29 @@ def test_help_and_version_without_tensorflow():
     for command in ("caption", "vqa", "match", "embed", "convert", "export"):
         shown = _tfblip(command, "--help")
         assert shown.returncode == 0 and f"examples:\n  tfblip {command}" in shown.stdout
+
+
+def test_cli_modules_import_in_one_direction():
+    """tfblip.cli's modules form no import cycle, and only `commands` loads TensorFlow."""
+    package = pathlib.Path(tfblip.__file__).parent / "cli"
+    imports = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        imports[path.stem] = imported
+    assert set(imports) == {"__init__", "parser", "report", "commands"}
+    for name in ("parser", "report", "commands"):
+        assert "tfblip.cli" not in imports[name], f"{name} imports the package that imports it"
+    assert "tfblip.cli.commands" not in imports["parser"] | imports["report"]
+    assert "tfblip.cli.parser" not in imports["report"]
+    assert "tensorflow" in imports["commands"]
+    for name in ("parser", "report"):
+        assert not any(m.split(".")[0] == "tensorflow" for m in imports[name]), name
 
 
 def test_lazy_package_names():

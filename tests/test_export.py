@@ -26,7 +26,7 @@ from test_processing import _build_vocab, _write_salesforce_dir
 
 import tfblip
 from tfblip.export.saved_model import export_saved_model
-from tfblip.export.text_ops import GraphTokenizer
+from tfblip.ops.text import GraphTokenizer
 
 CLIENT = os.path.join(os.path.dirname(__file__), "saved_model_client.py")
 LOADERS = ["tf2", "session", "cpp"]

@@ -114,6 +114,40 @@ def test_embeddings_give_transformers_similarities(checkpoint, retriever):
     assert_close(retriever.embed_images(pixels), image_embeddings, atol=1e-6, name="pixels")
 
 
+def test_model_features_api_gives_transformers_scores(checkpoint):
+    """get_image_features / get_text_features / itm_probability / pair_scores: the one API the
+    CLI, the export, scoring and retrieval use, each tower on its own."""
+    _, reference, model, processor = checkpoint
+    pixels, input_ids, attention_mask = prepared(processor)
+    image_features = model.get_image_features(pixel_values=pixels)
+    text_features = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+    assert image_features.dtype == "float32" and image_features.shape == (5, 12)
+    expected = reference_similarities(reference, pixels, input_ids, attention_mask)
+    similarities = image_features.numpy() @ text_features.numpy().T
+    assert_close(similarities, expected, name="similarities")
+    # The same numbers as contrastive_features, which computes both towers at once.
+    states = model.vision_model(pixel_values=pixels).last_hidden_state
+    both_image, both_text, _ = model.contrastive_features(states, input_ids, attention_mask)
+    assert_close(image_features, both_image, atol=0, name="image features")
+    assert_close(text_features, both_text, atol=0, name="text features")
+    assert_close(model.itc_image_features(states), both_image, atol=0, name="from states")
+    assert_close(model.itc_text_features(input_ids, attention_mask), both_text, atol=0)
+
+    itm_probability, itc_similarity = model.pair_scores(states, input_ids, attention_mask)
+    with torch.no_grad():
+        expected_probability = torch.softmax(
+            reference(
+                input_ids=to_torch(input_ids),
+                pixel_values=to_torch(pixels),
+                attention_mask=to_torch(attention_mask),
+            ).itm_score,
+            dim=-1,
+        )[:, 1].numpy()
+    assert_close(itm_probability, expected_probability, name="itm probability")
+    assert_close(model.itm_probability(states, input_ids, attention_mask), itm_probability, atol=0)
+    assert_close(itc_similarity, np.diag(expected), name="itc similarity of pairs")
+
+
 def expected_rankings(reference, pixels, input_ids, attention_mask, rerank_k, text_queries):
     """The original evaluation by hand: ITC top rerank_k, then ITM logit + similarity."""
     similarities = reference_similarities(reference, pixels, input_ids, attention_mask)

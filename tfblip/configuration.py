@@ -22,6 +22,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from tfblip.arguments import is_int, is_number, is_positive_int
+
 __all__ = [
     "CONFIG_NAME",
     "DEFAULT_ENC_TOKEN_ID",
@@ -44,50 +46,42 @@ _PathLike = str | os.PathLike
 # --------------------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _fail(owner: str, name: str, expected: str, value: Any) -> ValueError:
     return ValueError(f"{owner}.{name} must be {expected}, got {value!r}")
 
 
 def _positive_int(owner: str, name: str, value: Any) -> int:
-    if not _is_int(value) or value <= 0:
+    if not is_positive_int(value):
         raise _fail(owner, name, "a positive int", value)
-    return value
+    return int(value)
 
 
 def _finite_float(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise _fail(owner, name, "a finite number", value)
     return float(value)
 
 
 def _non_negative_float(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    if not is_number(value) or not math.isfinite(value) or value < 0:
         raise _fail(owner, name, "a non-negative number", value)
     return float(value)
 
 
 def _positive_float(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
         raise _fail(owner, name, "a positive number", value)
     return float(value)
 
 
 def _dropout_rate(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not 0.0 <= value < 1.0:
+    if not is_number(value) or not 0.0 <= value < 1.0:
         raise _fail(owner, name, "a number in [0, 1)", value)
     return float(value)
 
 
 def _unit_float(owner: str, name: str, value: Any) -> float:
-    if not _is_number(value) or not 0.0 <= value <= 1.0:
+    if not is_number(value) or not 0.0 <= value <= 1.0:
         raise _fail(owner, name, "a number in [0, 1]", value)
     return float(value)
 
@@ -105,29 +99,31 @@ def _non_empty_str(owner: str, name: str, value: Any) -> str:
 
 
 def _optional_token_id(owner: str, name: str, value: Any) -> int | None:
-    if value is not None and (not _is_int(value) or value < 0):
+    if value is None:
+        return None
+    if not is_int(value) or value < 0:
         raise _fail(owner, name, "a non-negative int or None", value)
-    return value
+    return int(value)
 
 
 def _optional_token_ids(owner: str, name: str, value: Any) -> int | list[int] | None:
     if isinstance(value, (list, tuple)):
-        if not value or not all(_is_int(v) and v >= 0 for v in value):
+        if not value or not all(is_int(v) and v >= 0 for v in value):
             raise _fail(owner, name, "a non-negative int, a non-empty list of them, or None", value)
-        return list(value)
+        return [int(v) for v in value]
     return _optional_token_id(owner, name, value)
 
 
 def _square_size(owner: str, name: str, value: Any) -> int | list[int]:
     """A positive int, or a list/tuple of two equal positive ints (kept, as a list)."""
     if isinstance(value, (list, tuple)):
-        if len(value) != 2 or not all(_is_int(v) and v > 0 for v in value):
+        if len(value) != 2 or not all(is_positive_int(v) for v in value):
             raise _fail(owner, name, "a positive int or a pair of positive ints", value)
         if value[0] != value[1]:
             raise ValueError(
                 f"{owner}.{name} must be square (BLIP's position grid is square), got {value!r}"
             )
-        return list(value)
+        return [int(v) for v in value]
     return _positive_int(owner, name, value)
 
 

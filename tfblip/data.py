@@ -35,11 +35,11 @@ ignored. Relative image paths resolve against the file's directory (for lists, t
 directory). :func:`read_records` reads and checks a source without building a dataset.
 
 Images are read and decoded in the tf.data pipeline (``num_parallel_calls=AUTOTUNE``) with
-:func:`tfblip.export.image_ops.decode_image`: JPEG, PNG, GIF (first frame) and BMP files.
+:func:`tfblip.ops.image.decode_image`: JPEG, PNG, GIF (first frame) and BMP files.
 
 * ``training=False``: exactly the processor's ``pixel_values`` for the file (bicubic resize to
   the image processor's size, its rescale + normalize lookup table), except that the EXIF
-  orientation of photos is not applied (see :mod:`tfblip.export.image_ops`).
+  orientation of photos is not applied (see :mod:`tfblip.ops.image`).
 * ``training=True``: BLIP's training transform: torchvision's ``RandomResizedCrop`` to the
   processor's size with scale (0.5, 1.0) and ratio (3/4, 4/3) (10 tries, then its centre-crop
   fallback), Pillow-exact bicubic resize of the crop, random horizontal flip, then the same
@@ -90,8 +90,14 @@ import numpy as np
 import PIL.Image
 import tensorflow as tf
 
-from tfblip.export.image_ops import decode_image, pillow_bicubic_resize
+from tfblip.arguments import is_int, positive_int
 from tfblip.modeling.text import IGNORE_INDEX
+from tfblip.ops.image import (
+    PixelNormalizer,
+    check_graph_options,
+    decode_image,
+    pillow_bicubic_resize,
+)
 from tfblip.processing import BlipProcessor
 
 __all__ = [
@@ -279,28 +285,29 @@ class _Options:
     validate: bool
 
 
-def _options(
-    training,
-    batch_size,
-    shuffle,
-    seed,
-    drop_remainder,
-    padding,
-    max_length,
-    skip_corrupt,
-    validate,
-) -> _Options:
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _options(arguments: dict[str, Any]) -> _Options:
+    """The checked pipeline options of a builder call.
+
+    Every builder takes the same pipeline arguments (``training``, ``batch_size``, ...,
+    ``validate``) and passes its ``locals()`` as its first statement, so that they are read
+    and checked in this one place.
+    """
+    training, batch_size, shuffle, seed, drop_remainder = (
+        arguments[name] for name in ("training", "batch_size", "shuffle", "seed", "drop_remainder")
+    )
+    padding, max_length, skip_corrupt, validate = (
+        arguments[name] for name in ("padding", "max_length", "skip_corrupt", "validate")
+    )
+    batch_size = positive_int("batch_size", batch_size)
     if padding not in _PADDING_MODES:
         raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
-    if max_length is not None and (not _is_int(max_length) or max_length < 2):
+    if max_length is not None and (not is_int(max_length) or max_length < 2):
         raise ValueError(
             f"max_length must be an integer >= 2 ([CLS] and [SEP]) or None, got {max_length!r}"
         )
     if padding == "max_length" and max_length is None:
         raise ValueError("padding='max_length' needs max_length")
-    if seed is not None and (not _is_int(seed) or seed < 0):
+    if seed is not None and (not is_int(seed) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     # Shuffling and the per-example randomness get independent seeds from the one given.
     shuffle_seed = element_seed = None
@@ -320,10 +327,6 @@ def _options(
         skip_corrupt=bool(skip_corrupt),
         validate=bool(validate),
     )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_processor(processor: Any) -> None:
@@ -350,26 +353,9 @@ def _image_loader(processor: BlipProcessor, training: bool) -> tuple[Callable, t
             "the image processor has do_resize=False; batching needs one image size, so the "
             "data pipeline needs do_resize=True"
         )
-    if not options["do_convert_rgb"]:
-        raise ValueError(
-            "the image processor has do_convert_rgb=False; the data pipeline always decodes "
-            "images to RGB"
-        )
-    if options["alpha"] == "white":
-        raise ValueError(
-            "the image processor has alpha='white'; the data pipeline decodes image files with "
-            "their alpha dropped, as alpha=None and alpha='drop' do for files"
-        )
-    if options["resample"] != PIL.Image.Resampling.BICUBIC:
-        raise ValueError(
-            f"the data pipeline resizes as Pillow's bicubic filter only; the image processor "
-            f"has resample={options['resample']} "
-            f"({PIL.Image.Resampling(options['resample']).name})"
-        )
+    check_graph_options(options, "the data pipeline")
     height, width = options["size"]["height"], options["size"]["width"]
-    # Channel c's value for pixel level p sits at 256 * c + p.
-    table = tf.constant(image_processor._lut(3, options, "tfblip.data").reshape(-1))
-    channel_offsets = tf.constant([0, 256, 512], tf.int32)[:, None, None]
+    normalize = PixelNormalizer(image_processor, options, "tfblip.data")
 
     def load(path: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         image = decode_image(tf.io.read_file(path))
@@ -384,9 +370,7 @@ def _image_loader(processor: BlipProcessor, training: bool) -> tuple[Callable, t
             image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
         else:
             image = pillow_bicubic_resize(image, height, width)
-        channels_first = tf.transpose(tf.cast(image, tf.int32), [2, 0, 1])
-        pixels = tf.gather(table, channels_first + channel_offsets)
-        return tf.ensure_shape(pixels, [3, height, width])
+        return tf.ensure_shape(normalize(image), [3, height, width])
 
     return load, (3, height, width)
 
@@ -718,17 +702,7 @@ def caption_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids``,
         ``attention_mask`` and ``labels``.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     if processor.bos_token_id is None:
         raise ValueError("the processor's tokenizer has no bos token ([DEC]) to start captions")
@@ -756,14 +730,7 @@ def caption_dataset(
             labels.append(row[:1] + [IGNORE_INDEX] * len(prompt_ids) + row[1 + len(prompt_ids) :])
         return {"input_ids": _ragged(ids), "labels": _ragged(labels)}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {
-            "pixel_values": pixel_values,
-            **_text_inputs(tables["input_ids"][index]),
-            "labels": tables["labels"][index],
-        }
-
-    return _build(records, processor, options, make_tables, make_example)
+    return _build(records, processor, options, make_tables, _labelled_example)
 
 
 def vqa_dataset(
@@ -790,17 +757,7 @@ def vqa_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask`` (the question) and ``labels`` (the answer).
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, VQA_COLUMNS)
 
@@ -813,14 +770,7 @@ def vqa_dataset(
             row[0] = processor.bos_token_id
         return {"input_ids": _ragged(questions), "labels": _ragged(answers)}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {
-            "pixel_values": pixel_values,
-            **_text_inputs(tables["input_ids"][index]),
-            "labels": tables["labels"][index],
-        }
-
-    return _build(records, processor, options, make_tables, make_example)
+    return _build(records, processor, options, make_tables, _labelled_example)
 
 
 def contrastive_dataset(
@@ -846,17 +796,7 @@ def contrastive_dataset(
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask``.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, PAIR_COLUMNS)
     return _build(records, processor, options, *_pair_functions(processor, max_length))
@@ -869,10 +809,18 @@ def _pair_functions(processor: BlipProcessor, max_length: int | None) -> tuple[C
         texts = [text for _, text in records]
         return {"input_ids": _ragged(_tokenize(processor, texts, max_length))}
 
-    def make_example(tables, index, seed, pixel_values):
-        return {"pixel_values": pixel_values, **_text_inputs(tables["input_ids"][index])}
+    return make_tables, _pair_example
 
-    return make_tables, make_example
+
+def _pair_example(tables: dict, index: tf.Tensor, seed: tf.Tensor, pixel_values: tf.Tensor):
+    """``make_example`` of an image and its text: ``pixel_values``, ``input_ids`` and
+    ``attention_mask``."""
+    return {"pixel_values": pixel_values, **_text_inputs(tables["input_ids"][index])}
+
+
+def _labelled_example(tables: dict, index: tf.Tensor, seed: tf.Tensor, pixel_values: tf.Tensor):
+    """``make_example`` of a pair example with its ``labels`` (a caption's or answer's tokens)."""
+    return {**_pair_example(tables, index, seed, pixel_values), "labels": tables["labels"][index]}
 
 
 def retrieval_dataset(
@@ -911,23 +859,10 @@ def retrieval_dataset(
         ValueError: (besides bad options and sources) with "itm", an image whose every text in
             the data is one of its own, leaving no negative to draw.
     """
-    options = _options(
-        training,
-        batch_size,
-        shuffle,
-        seed,
-        drop_remainder,
-        padding,
-        max_length,
-        skip_corrupt,
-        validate,
-    )
+    options = _options(locals())
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}")
-    if not _is_int(negatives_per_pair) or negatives_per_pair < 1:
-        raise ValueError(
-            f"negatives_per_pair must be a positive integer, got {negatives_per_pair!r}"
-        )
+    negatives_per_pair = positive_int("negatives_per_pair", negatives_per_pair)
     _check_processor(processor)
     records = read_records(source, PAIR_COLUMNS)
     if objective == "itc":

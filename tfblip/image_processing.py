@@ -49,6 +49,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from tfblip.arguments import is_int, is_number, is_positive_int
+
 __all__ = [
     "IMAGE_PROCESSOR_NAME",
     "OPENAI_CLIP_MEAN",
@@ -116,12 +118,6 @@ _CHANNEL_COUNTS = (1, 3, 4)
 # --------------------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -129,10 +125,7 @@ def _check_bool(name: str, value: Any) -> bool:
 
 
 def _check_size(value: Any) -> dict[str, int]:
-    def positive(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
-
-    if positive(value):
+    if is_positive_int(value):
         return {"height": int(value), "width": int(value)}
     if isinstance(value, Mapping) and set(value) == {"height", "width"}:
         height, width = value["height"], value["width"]
@@ -143,14 +136,14 @@ def _check_size(value: Any) -> dict[str, int]:
             "size must be a positive int, a (height, width) pair or a dict with exactly the keys "
             f"'height' and 'width', got {value!r}"
         )
-    if not (positive(height) and positive(width)):
+    if not (is_positive_int(height) and is_positive_int(width)):
         raise ValueError(f"size height and width must be positive ints, got {value!r}")
     return {"height": int(height), "width": int(width)}
 
 
 def _check_resample(value: Any) -> int:
     valid = {int(r): r.name for r in PIL.Image.Resampling}
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) in valid:
+    if is_int(value) and int(value) in valid:
         return int(value)
     choices = ", ".join(f"{k} ({v})" for k, v in sorted(valid.items()))
     raise ValueError(
@@ -159,17 +152,17 @@ def _check_resample(value: Any) -> int:
 
 
 def _check_factor(value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"rescale_factor must be a finite number, got {value!r}")
     return float(value)
 
 
 def _check_stats(name: str, value: Any) -> float | tuple[float, ...]:
-    if _is_number(value):
+    if is_number(value):
         values: tuple[float, ...] = (float(value),)
         result: float | tuple[float, ...] = float(value)
     elif isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0:
-        if not all(_is_number(v) for v in value):
+        if not all(is_number(v) for v in value):
             raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}")
         values = tuple(float(v) for v in value)
         result = values

@@ -201,6 +201,15 @@ def _set_bert_post_processor(tokenizer, cls_token, sep_token):
     )
 
 
+def _special_token_id(name, doc=None):
+    """A read-only BlipProcessor property: the id of its special token `name` ("cls_token",
+    ...), or None when it has none (or no tokenizer)."""
+    return property(
+        lambda processor: processor._token_id(name),
+        doc=doc or f"Id of the {name.removesuffix('_token')} token, or None.",
+    )
+
+
 class BlipProcessor:
     """Image processor + BERT tokenizer for BLIP, matching transformers' ``BlipProcessor``.
 
@@ -346,35 +355,19 @@ class BlipProcessor:
             return None
         return self.tokenizer.token_to_id(token)
 
-    @property
-    def bos_token_id(self):
-        """Id of the bos token "[DEC]" that starts captions (30522 in Salesforce checkpoints)."""
-        return self._token_id("bos_token")
-
-    @property
-    def enc_token_id(self):
-        """Id of "[ENC]" (30523 in Salesforce checkpoints), used by the retrieval model."""
-        return self._token_id("enc_token")
-
-    @property
-    def cls_token_id(self):
-        return self._token_id("cls_token")
-
-    @property
-    def sep_token_id(self):
-        return self._token_id("sep_token")
-
-    @property
-    def pad_token_id(self):
-        return self._token_id("pad_token")
-
-    @property
-    def unk_token_id(self):
-        return self._token_id("unk_token")
-
-    @property
-    def mask_token_id(self):
-        return self._token_id("mask_token")
+    bos_token_id = _special_token_id(
+        "bos_token",
+        'Id of the bos token "[DEC]" that starts captions (30522 in Salesforce checkpoints).',
+    )
+    enc_token_id = _special_token_id(
+        "enc_token",
+        'Id of "[ENC]" (30523 in Salesforce checkpoints), used by the retrieval model.',
+    )
+    cls_token_id = _special_token_id("cls_token")
+    sep_token_id = _special_token_id("sep_token")
+    pad_token_id = _special_token_id("pad_token")
+    unk_token_id = _special_token_id("unk_token")
+    mask_token_id = _special_token_id("mask_token")
 
     # ------------------------------------------------------------------ encoding
 

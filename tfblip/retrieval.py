@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfblip.arguments import positive_int, text_list
+from tfblip.arguments import is_int, positive_int, text_list
 from tfblip.modeling.blip import TFBlipForImageTextRetrieval, enc_token_id_in_use, graph_function
 
 __all__ = ["Gallery", "Hit", "Retriever", "recall_at_k"]
@@ -58,7 +58,7 @@ def _check_ids(ids, count):
         raise ValueError(f"Got {len(ids)} ids for {count} embeddings.")
     if all(isinstance(i, str) for i in ids):
         pass
-    elif all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+    elif all(is_int(i) for i in ids):
         ids = [int(i) for i in ids]
     else:
         kinds = sorted({type(i).__name__ for i in ids})
@@ -274,7 +274,7 @@ class Retriever:
 
     def _text_features(self, input_ids, attention_mask):
         """ITC features of tokenized texts, batched."""
-        encode = graph_function(self.model, "retrieval_encode_texts", self.model.itc_text_features)
+        encode = graph_function(self.model, "retrieval_encode_texts", self.model.get_text_features)
         features = []
         for start in range(0, len(input_ids), self.batch_size):
             end = start + self.batch_size

@@ -242,25 +242,17 @@ def score_captions(
         labels[:, :prompt_length] = IGNORE_INDEX
     num_tokens = (labels[:, 1:] != IGNORE_INDEX).sum(axis=1)
 
-    image_source = _Images(images, len(texts), processor, model.config.vision_config.num_channels)
-    log_likelihoods = _batched_over_pairs(
-        image_source,
-        len(texts),
-        batch_size,
-        _image_states(model, interpolate_pos_encoding),
-        lambda states, start, end: (
-            -causal_lm_loss(
-                model.text_decoder(
-                    input_ids=input_ids[start:end],
-                    attention_mask=attention_mask[start:end],
-                    encoder_hidden_states=states,
-                    use_cache=False,
-                ).logits,
-                labels[start:end],
-                reduction="none",
-            )
-        ),
-    )
+    def log_likelihoods_of(states, start, end):
+        logits = model.text_decoder(
+            input_ids=input_ids[start:end],
+            attention_mask=attention_mask[start:end],
+            encoder_hidden_states=states,
+            use_cache=False,
+        ).logits
+        return -causal_lm_loss(logits, labels[start:end], reduction="none")
+
+    pairs = _PairBatches(model, processor, images, len(texts), batch_size, interpolate_pos_encoding)
+    log_likelihoods = pairs.score(log_likelihoods_of)
 
     itm_probabilities = [None] * len(texts)
     if retrieval_model is not None:
@@ -301,55 +293,58 @@ def _prompt_length(processor, prompt, input_ids):
     return prompt_length
 
 
-def _batched_over_pairs(image_source, count, batch_size, encode_images, score):
-    """score(image states, start, end) over batches of (image, text) pairs, concatenated.
+class _PairBatches:
+    """The (image, text) pairs of a scoring call, scored batch by batch.
 
-    A shared image is encoded once and repeated for each batch.
+    Args:
+        model: the model whose vision tower encodes the images.
+        processor: prepares the images (see _Images).
+        images: one per pair, or one shared by all pairs.
+        count: how many pairs.
+        batch_size: pairs per forward pass.
+        interpolate_pos_encoding: for images of another size than the model's.
     """
-    shared_states = None
-    if image_source.shared:
-        shared_states = encode_images(image_source.pixel_values(0, 1))
-    results = []
-    for start in range(0, count, batch_size):
-        end = min(start + batch_size, count)
-        if shared_states is not None:
-            states = tf.repeat(shared_states, end - start, axis=0)
-        else:
-            states = encode_images(image_source.pixel_values(start, end))
-        results.append(np.asarray(score(states, start, end), np.float32))
-    return np.concatenate(results)
 
+    def __init__(self, model, processor, images, count, batch_size, interpolate_pos_encoding):
+        channels = model.config.vision_config.num_channels
+        self._images = _Images(images, count, processor, channels)
+        self._model = model
+        self._count = count
+        self._batch_size = batch_size
+        self._interpolate_pos_encoding = interpolate_pos_encoding
 
-def _image_states(model, interpolate_pos_encoding):
-    """pixels -> the vision tower's last hidden states."""
-
-    def states(pixels):
-        return model.vision_model(
+    def _states(self, pixels):
+        """The vision tower's last hidden states of prepared pixels."""
+        return self._model.vision_model(
             pixel_values=tf.constant(pixels, tf.float32),
-            interpolate_pos_encoding=interpolate_pos_encoding,
+            interpolate_pos_encoding=self._interpolate_pos_encoding,
         ).last_hidden_state
 
-    return states
+    def score(self, score):
+        """score(image states, start, end) of each batch of pairs start..end-1, concatenated
+        as a float32 array. A shared image is encoded once and repeated for each batch."""
+        shared_states = None
+        if self._images.shared:
+            shared_states = self._states(self._images.pixel_values(0, 1))
+        results = []
+        for start in range(0, self._count, self._batch_size):
+            end = min(start + self._batch_size, self._count)
+            if shared_states is not None:
+                states = tf.repeat(shared_states, end - start, axis=0)
+            else:
+                states = self._states(self._images.pixel_values(start, end))
+            results.append(np.asarray(score(states, start, end), np.float32))
+        return np.concatenate(results)
 
 
 def _itm_probabilities(model, processor, images, texts, batch_size, interpolate_pos_encoding):
     input_ids, attention_mask = _tokenize(
         processor, texts, model.config.text_config.max_position_embeddings
     )
-    image_source = _Images(images, len(texts), processor, model.config.vision_config.num_channels)
-    probabilities = _batched_over_pairs(
-        image_source,
-        len(texts),
-        batch_size,
-        _image_states(model, interpolate_pos_encoding),
-        lambda states, start, end: tf.nn.softmax(
-            tf.cast(
-                model.image_text_matching(states, input_ids[start:end], attention_mask[start:end])[
-                    0
-                ],
-                tf.float32,
-            ),
-            axis=-1,
-        )[:, 1],
+    pairs = _PairBatches(model, processor, images, len(texts), batch_size, interpolate_pos_encoding)
+    probabilities = pairs.score(
+        lambda states, start, end: model.itm_probability(
+            states, input_ids[start:end], attention_mask[start:end]
+        )
     )
     return [float(p) for p in probabilities]

@@ -1,9 +1,9 @@
 """`export_saved_model`: a BLIP task model as a SavedModel that stock TF Serving runs.
 
 Clients send encoded images and strings; the graph decodes and preprocesses the images
-(`image_ops`), tokenizes and detokenizes text (`text_ops`) and generates with the same
-decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow ops: no
-XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
+(`tfblip.ops.image`), tokenizes and detokenizes text (`tfblip.ops.text`) and generates with
+the same decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow
+ops: no XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
 time. Each signature also has a `*_from_pixels` variant for clients that preprocess
 themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask int32 instead
 of strings).
@@ -20,8 +20,6 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tfblip.export.image_ops import preprocess_image_bytes
-from tfblip.export.text_ops import GraphTokenizer
 from tfblip.export.warmup import write_warmup_requests
 from tfblip.generation import decode, resolve_options
 from tfblip.modeling.blip import (
@@ -31,6 +29,8 @@ from tfblip.modeling.blip import (
     TFBlipModel,
     all_ones_mask,
 )
+from tfblip.ops.image import preprocess_image_bytes
+from tfblip.ops.text import GraphTokenizer
 
 TASKS = {
     "caption": TFBlipForConditionalGeneration,
@@ -222,14 +222,8 @@ class _ServingFunctions:
     def _retrieval(self, pixel_values, input_ids, attention_mask):
         self._same_batch(pixel_values, input_ids)
         states = self._image_states(pixel_values)
-        itm_logits, _ = self.model.image_text_matching(states, input_ids, attention_mask)
-        image_feat, text_feat, _ = self.model.contrastive_features(
-            states, input_ids, attention_mask
-        )
-        return {
-            "itm_probability": tf.nn.softmax(tf.cast(itm_logits, tf.float32), axis=-1)[:, 1],
-            "itc_similarity": tf.cast(tf.reduce_sum(image_feat * text_feat, axis=-1), tf.float32),
-        }
+        itm_probability, itc_similarity = self.model.pair_scores(states, input_ids, attention_mask)
+        return {"itm_probability": itm_probability, "itc_similarity": itc_similarity}
 
     def _retrieval_bytes(self, image_bytes, text):
         input_ids, attention_mask = self.tokenizer.tokenize(text)

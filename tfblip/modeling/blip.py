@@ -258,14 +258,33 @@ class TFBlipModel(_BlipTaskModel):
         )
 
     def get_text_features(self, input_ids=None, attention_mask=None, position_ids=None):
-        """Projected (not normalized) pooled text features, (B, projection_dim)."""
+        """Text features, as transformers' BlipModel.get_text_features.
+
+        Args:
+            input_ids: (B, L) int token ids.
+            attention_mask: (B, L), 1 for tokens to attend to; None attends to all.
+            position_ids: (B, L) positions; None counts from 0.
+
+        Returns:
+            (B, projection_dim): the projected pooled text output, not normalized (`call`
+            normalizes it into `text_embeds`).
+        """
         text_outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         )
         return self.text_projection(text_outputs.pooler_output)
 
     def get_image_features(self, pixel_values=None, interpolate_pos_encoding=False):
-        """Projected (not normalized) pooled image features, (B, projection_dim)."""
+        """Image features, as transformers' BlipModel.get_image_features.
+
+        Args:
+            pixel_values: (B, 3, H, W) float pixel values, as the image processor gives.
+            interpolate_pos_encoding: for images of another size than the model's.
+
+        Returns:
+            (B, projection_dim): the projected pooled vision output, not normalized (`call`
+            normalizes it into `image_embeds`).
+        """
         vision_outputs = self.vision_model(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
         )
@@ -283,20 +302,22 @@ class TFBlipModel(_BlipTaskModel):
         output_hidden_states=False,
         training=False,
     ):
+        # What both towers return and how they run.
+        tower_options = {
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "training": training,
+        }
         vision_outputs = self.vision_model(
             pixel_values=pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+            **tower_options,
         )
         text_outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+            **tower_options,
         )
         image_embeds = l2_normalize(self.visual_projection(vision_outputs.pooler_output))
         text_embeds = l2_normalize(self.text_projection(text_outputs.pooler_output))
@@ -719,9 +740,25 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         self.text_proj.build((None, self.config.text_config.hidden_size))
         self.itm_head.build((None, self.config.text_config.hidden_size))
 
+    # ------------------------------------------------------------------ features and scores
+    # One API for everything that embeds or scores with this model (the CLI, the export,
+    # tfblip.scoring and tfblip.retrieval): image features from pixels or from vision states,
+    # text features, ITM logits / probabilities, and both scores of (image, text) pairs.
+
     def image_text_matching(self, image_embeds, input_ids, attention_mask=None, training=False):
-        """(B, 2) ITM logits (no match, match) of each text with its image's states, and the
-        text encoder's states."""
+        """ITM logits of each text with its image, and the text encoder's states.
+
+        Args:
+            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
+            input_ids: (B, L') int token ids of the texts ("[CLS]" first; "[ENC]" is put in
+                its place when the config's use_enc_token asks for it).
+            attention_mask: (B, L'), or None to attend to every token.
+            training: whether the text encoder runs in training mode (dropout).
+
+        Returns:
+            ((B, 2) logits (no match, match), (B, L', H) states of the image-grounded text
+            encoder).
+        """
         question_embeds = self.text_encoder(
             input_ids=start_with_enc_token(input_ids, self.config),
             attention_mask=attention_mask,
@@ -731,27 +768,105 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         ).last_hidden_state
         return self.itm_head(question_embeds[:, 0, :]), question_embeds
 
+    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
+        """Contrastive (ITC) features of images, as `contrastive_features` computes them.
+
+        Args:
+            pixel_values: (B, 3, H, W) float pixel values, as the image processor gives.
+            interpolate_pos_encoding: for images of another size than the model's.
+
+        Returns:
+            (B, image_text_hidden_size) float32, L2-normalized: a dot product of an image's and
+            a text's features is their cosine similarity.
+        """
+        image_embeds = self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        ).last_hidden_state
+        return self.itc_image_features(image_embeds)
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        """Contrastive (ITC) features of texts, as `contrastive_features` computes them: the
+        projected first ("[CLS]") state of the text-only encoder.
+
+        Args:
+            input_ids: (B, L) int token ids, "[CLS]" first, as the processor gives them.
+            attention_mask: (B, L), 1 for tokens to attend to; None attends to all.
+
+        Returns:
+            (B, image_text_hidden_size) float32, L2-normalized.
+        """
+        return self._itc_text_features(self._text_only_states(input_ids, attention_mask))
+
     def itc_image_features(self, image_embeds):
-        """L2-normalized contrastive (ITC) features (B, E) of images, from their vision states
-        (B, L, D): the projected class token, as `contrastive_features` computes them."""
+        """Contrastive (ITC) features of images from their vision states, as
+        `get_image_features` gives them from pixels.
+
+        Args:
+            image_embeds: (B, L, D) last hidden states of the vision model.
+
+        Returns:
+            (B, image_text_hidden_size) float32, L2-normalized: the projected class token.
+        """
         return l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
 
     def itc_text_features(self, input_ids, attention_mask=None):
-        """L2-normalized contrastive (ITC) features (B, E) of texts, as `contrastive_features`
-        computes them: the projected first ("[CLS]") state of the text-only encoder."""
-        text_states = self.text_encoder(
-            input_ids=input_ids, attention_mask=attention_mask
+        """The same as `get_text_features` (the name pairs it with `itc_image_features`)."""
+        return self.get_text_features(input_ids, attention_mask)
+
+    def _text_only_states(self, input_ids, attention_mask, training=False):
+        return self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, training=training
         ).last_hidden_state
+
+    def _itc_text_features(self, text_states):
         return l2_normalize(self.text_proj(text_states[:, 0, :]))
 
     def contrastive_features(self, image_embeds, input_ids, attention_mask=None, training=False):
-        """L2-normalized ITC features (image (B, E), text (B, E)) and the text encoder's states."""
-        question_embeds = self.text_encoder(
-            input_ids=input_ids, attention_mask=attention_mask, training=training
-        ).last_hidden_state
-        image_feat = l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
-        text_feat = l2_normalize(self.text_proj(question_embeds[:, 0, :]))
-        return image_feat, text_feat, question_embeds
+        """Both towers' contrastive (ITC) features and the text encoder's states.
+
+        Args:
+            image_embeds: (B, L, D) last hidden states of the vision model.
+            input_ids: (B', L') int token ids of the texts.
+            attention_mask: (B', L'), or None to attend to every token.
+            training: whether the text encoder runs in training mode (dropout).
+
+        Returns:
+            (image features (B, E), text features (B', E), text states (B', L', H)); the
+            features L2-normalized, as `itc_image_features` and `get_text_features`.
+        """
+        text_states = self._text_only_states(input_ids, attention_mask, training)
+        image_feat = self.itc_image_features(image_embeds)
+        return image_feat, self._itc_text_features(text_states), text_states
+
+    def itm_probability(self, image_embeds, input_ids, attention_mask=None):
+        """Image-text matching probability of each text with its image.
+
+        Args:
+            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
+            input_ids: (B, L') int token ids of the texts.
+            attention_mask: (B, L'), or None to attend to every token.
+
+        Returns:
+            (B,) float32: softmax(ITM logits)[:, 1], the probability that the text matches.
+        """
+        logits, _ = self.image_text_matching(image_embeds, input_ids, attention_mask)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[:, 1]
+
+    def pair_scores(self, image_embeds, input_ids, attention_mask=None):
+        """Both scores of (image, text) pairs: ITM probability and ITC cosine similarity.
+
+        Args:
+            image_embeds, input_ids, attention_mask: the pairs, as for `itm_probability`.
+
+        Returns:
+            (itm_probability (B,), itc_similarity (B,)), both float32: see `itm_probability`;
+            the dot product of each pair's ITC features, in [-1, 1].
+        """
+        image_features, text_features, _ = self.contrastive_features(
+            image_embeds, input_ids, attention_mask
+        )
+        similarity = tf.reduce_sum(image_features * text_features, axis=-1)
+        return self.itm_probability(image_embeds, input_ids, attention_mask), similarity
 
     def call(
         self,

@@ -56,19 +56,13 @@ _KEEP, _SPACE, _ISOLATE, _LOOKUP = range(4)
 # A byte that valid UTF-8 never contains: it marks added-token matches and ids with no token.
 _MARK = b"\xff"
 # The `tokenizers` WordPiece decoder's clean-up (when its `cleanup` flag is on), applied to each
-# token after the joining space is added, in this order.
+# token after the joining space is added, in this order: transformers' clean-up with one more
+# rule, " do not" -> " don't", after " 'm".
+_AFTER_I_AM = CLEAN_UP_REPLACEMENTS.index((" 'm", "'m")) + 1
 _WORDPIECE_CLEANUP = (
-    (" .", "."),
-    (" ?", "?"),
-    (" !", "!"),
-    (" ,", ","),
-    (" ' ", "'"),
-    (" n't", "n't"),
-    (" 'm", "'m"),
+    *CLEAN_UP_REPLACEMENTS[:_AFTER_I_AM],
     (" do not", " don't"),
-    (" 's", "'s"),
-    (" 've", "'ve"),
-    (" 're", "'re"),
+    *CLEAN_UP_REPLACEMENTS[_AFTER_I_AM:],
 )
 _EXPECTED_COMPONENTS = {
     "model": "WordPiece",

@@ -1,6 +1,6 @@
-"""What each `tfblip` subcommand does (`tfblip.cli` parses the arguments).
+"""What each `tfblip` subcommand does (`tfblip.cli.parser` parses the arguments).
 
-Imported only once `tfblip.cli` has configured TensorFlow's logging, since importing this
+Imported only once `tfblip.cli.main` has configured TensorFlow's logging, since importing this
 module loads TensorFlow. Each runner returns the exit code: 0, or 1 when an input failed.
 """
 
@@ -13,14 +13,13 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
 from tfblip.checkpoint import resolve_checkpoint_path
-from tfblip.cli import DEFAULT_MODELS, CommandError, generation_options
+from tfblip.cli.parser import DEFAULT_MODELS, generation_options
+from tfblip.cli.report import CommandError, Reporter
 from tfblip.configuration import CONFIG_NAME
 from tfblip.export.saved_model import TASKS, export_saved_model
 from tfblip.image_processing import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
-from tfblip.modeling.blip import TFBlipModel
 from tfblip.processing import (
     SPECIAL_TOKENS_MAP_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -45,7 +44,6 @@ ARCHITECTURE_TASKS = {
     for task, model_class in TASKS.items()
     for name in (model_class.__name__, model_class.__name__.removeprefix("TF"))
 }
-PROGRESS_MIN_IMAGES = 8
 HUB_HELP = (
     "{name!r} is not a local directory, and it could not be downloaded from the Hugging Face "
     "Hub ({reason}). Pass a local checkpoint directory instead, --model DIR: a directory "
@@ -56,53 +54,6 @@ HUB_HELP = (
     "directory here. tfblip downloads repo ids itself when the hub extra is installed (pip "
     "install 'tfblip[hub]') and the Hub can be reached."
 )
-
-
-class Reporter:
-    """Reports failed inputs and shows progress on stderr; counts the failures.
-
-    The progress bar (tqdm: images done, images/s, time left) is shown only on a terminal,
-    for more than PROGRESS_MIN_IMAGES images, and not with --quiet.
-    """
-
-    def __init__(self, command, quiet=False, stream=None):
-        self.command = command
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.failures = 0
-        self.bar = None
-
-    def error(self, message):
-        self.clear()
-        print(f"tfblip {self.command}: error: {message}", file=self.stream, flush=True)
-        self.failures += 1
-        self.draw()
-
-    def start(self, total):
-        if not self.quiet and total > PROGRESS_MIN_IMAGES and self.stream.isatty():
-            self.bar = tqdm(total=total, file=self.stream, unit="image", dynamic_ncols=True)
-
-    def advance(self, count):
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def draw(self):
-        if self.bar is not None:
-            self.bar.refresh()
-
-    def clear(self):
-        """Erases the bar, so that a line written to the terminal does not run into it."""
-        if self.bar is not None:
-            self.bar.clear()
-
-    def finish(self):
-        if self.bar is not None:
-            self.bar.close()  # leaves the final bar, then a new line
-            self.bar = None
-
-    @property
-    def exit_code(self):
-        return 1 if self.failures else 0
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -334,15 +285,8 @@ def match(args):
     texts = encode_texts(processor, model, args.text)
     image_states = model.vision_model(pixel_values=pixels).last_hidden_state
     image_states = tf.repeat(image_states, len(args.text), axis=0)
-    itm_logits, _ = model.image_text_matching(
-        image_states, texts["input_ids"], texts["attention_mask"]
-    )
-    image_features, text_features, _ = model.contrastive_features(
-        image_states, texts["input_ids"], texts["attention_mask"]
-    )
-    itm = tf.nn.softmax(tf.cast(itm_logits, tf.float32), axis=-1)[:, 1].numpy()
-    itc = tf.reduce_sum(tf.cast(image_features * text_features, tf.float32), axis=-1).numpy()
-    rows = zip(args.text, itm.tolist(), itc.tolist())
+    itm, itc = model.pair_scores(image_states, texts["input_ids"], texts["attention_mask"])
+    rows = zip(args.text, itm.numpy().tolist(), itc.numpy().tolist())
     if args.format == "jsonl":
         for text, probability, similarity in rows:
             record = {"text": text, "itm_probability": probability, "itc_similarity": similarity}
@@ -354,32 +298,6 @@ def match(args):
     return 0
 
 
-def _image_features(model, pixels, processor):
-    if isinstance(model, TFBlipModel):
-        return model.get_image_features(pixel_values=pixels)
-    image_states = model.vision_model(pixel_values=pixels).last_hidden_state
-    # contrastive_features computes both towers; a one-token text stands in for the text.
-    placeholder_text = tf.fill((tf.shape(image_states)[0], 1), processor.cls_token_id)
-    image_features, _, _ = model.contrastive_features(image_states, placeholder_text)
-    return image_features
-
-
-def _text_features(model, texts):
-    if isinstance(model, TFBlipModel):
-        return model.get_text_features(
-            input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
-        )
-    # contrastive_features computes both towers; a one-patch blank image stands in for the
-    # image.
-    placeholder_image = tf.zeros(
-        (tf.shape(texts["input_ids"])[0], 1, model.config.vision_config.hidden_size)
-    )
-    _, text_features, _ = model.contrastive_features(
-        placeholder_image, texts["input_ids"], texts["attention_mask"]
-    )
-    return text_features
-
-
 def _save_array(path, features):
     rows = np.concatenate([np.asarray(batch, np.float32) for batch in features])
     with open(path, "wb") as f:  # np.save(path) would append ".npy" to other names
@@ -389,7 +307,13 @@ def _save_array(path, features):
 def _embed_texts(args):
     checkpoint, task, processor = open_checkpoint(args.model, ("retrieval", "features"), "embed")
     model = TASKS[task].from_pretrained(checkpoint)
-    _save_array(args.output, [_text_features(model, encode_texts(processor, model, args.text))])
+    texts = encode_texts(processor, model, args.text)
+    # Both model kinds have get_text_features / get_image_features: a retrieval model's are its
+    # normalized ITC features, a TFBlipModel's transformers' projected ones.
+    features = model.get_text_features(
+        input_ids=texts["input_ids"], attention_mask=texts["attention_mask"]
+    )
+    _save_array(args.output, [features])
     return 0
 
 
@@ -402,7 +326,7 @@ def _embed_images(args):
     model = TASKS[task].from_pretrained(checkpoint)
     features, embedded_paths = [], []
     for batch_paths, pixels in image_batches(processor, paths, args.batch_size, reporter):
-        features.append(_image_features(model, pixels, processor))
+        features.append(model.get_image_features(pixel_values=pixels))
         embedded_paths.extend(batch_paths)
     if not features:
         raise CommandError("none of the images could be read; nothing written")

@@ -1,7 +1,8 @@
-"""In-graph image preprocessing for TF Serving: encoded image bytes to BLIP ``pixel_values``.
+"""In-graph image preprocessing: encoded image bytes to BLIP ``pixel_values``.
 
-The ops here use core TensorFlow only (no tensorflow-text, no custom ops, no XLA), so a
-SavedModel built from them runs in stock TF Serving. They reproduce what
+Shared by the tf.data training pipelines (:mod:`tfblip.data`) and the TF Serving export
+(:mod:`tfblip.export`). The ops here use core TensorFlow only (no tensorflow-text, no custom
+ops, no XLA), so a SavedModel built from them runs in stock TF Serving. They reproduce what
 :class:`tfblip.image_processing.BlipImageProcessor` gives for an image *file*: Pillow's
 ``open`` + ``convert("RGB")``, ``resize(..., BICUBIC)`` and the per-channel lookup table for
 rescale + normalize.
@@ -14,6 +15,8 @@ rescale + normalize.
   quirks: 16-bit greyscale PNGs are clipped to 255 and 8-bit palette BMPs go through their
   palette (TensorFlow's decoders would scale the first and read the second as grey).
 * :func:`pillow_bicubic_resize`: Pillow's 8-bit bicubic resampling, bit for bit.
+* :class:`PixelNormalizer`: the processor's rescale + normalize as one per-channel table lookup.
+* :func:`check_graph_options`: refuses the processor options the graph cannot reproduce.
 * :func:`preprocess_image_bytes`: a batch of encoded images to float32 ``pixel_values``.
 
 Where the graph differs from the Python path:
@@ -43,7 +46,13 @@ import tensorflow as tf
 
 from tfblip.image_processing import BlipImageProcessor
 
-__all__ = ["decode_image", "pillow_bicubic_resize", "preprocess_image_bytes"]
+__all__ = [
+    "PixelNormalizer",
+    "check_graph_options",
+    "decode_image",
+    "pillow_bicubic_resize",
+    "preprocess_image_bytes",
+]
 
 _NOT_AN_IMAGE = "image_bytes is not a JPEG, PNG, GIF or BMP image ({} bytes starting with {})"
 
@@ -302,28 +311,65 @@ def pillow_bicubic_resize(image: Any, height: Any, width: Any) -> tf.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The batch.
+# The image processor's options in the graph.
 # --------------------------------------------------------------------------------------------
 
 
-def _check_reproducible(options: dict[str, Any]) -> None:
+def check_graph_options(options: dict[str, Any], user: str) -> None:
+    """Refuses the image processor options that decoding + bicubic resizing cannot reproduce.
+
+    Args:
+        options: the processor's resolved options (``BlipImageProcessor._options({})``).
+        user: what builds the graph, e.g. "the data pipeline", named in the errors.
+
+    Raises:
+        ValueError: ``do_convert_rgb=False``, ``alpha="white"`` or a ``resample`` other than
+            bicubic; the message names the option.
+    """
     if not options["do_convert_rgb"]:
         raise ValueError(
-            "preprocess_image_bytes always converts to RGB; do_convert_rgb=False (keeping a "
-            "file's own channels) cannot be reproduced in the graph"
+            f"the image processor has do_convert_rgb=False (keeping a file's own channels); "
+            f"{user} always decodes images to RGB"
         )
     if options["alpha"] == "white":
         raise ValueError(
-            "preprocess_image_bytes drops the alpha of transparent images, as the processor does "
-            "for file paths; alpha='white' (compositing onto white) cannot be reproduced in the "
-            "graph: use alpha=None or 'drop'"
+            f"the image processor has alpha='white' (compositing onto white); {user} decodes "
+            "image files with their alpha dropped, as alpha=None and alpha='drop' do for files"
         )
     if options["resample"] != PIL.Image.Resampling.BICUBIC:
         name = PIL.Image.Resampling(options["resample"]).name
         raise ValueError(
-            f"preprocess_image_bytes reproduces Pillow's bicubic resampling only; the image "
-            f"processor has resample={options['resample']} ({name})"
+            f"{user} resizes as Pillow's bicubic filter only; the image processor has "
+            f"resample={options['resample']} ({name})"
         )
+
+
+class PixelNormalizer:
+    """The processor's rescale + normalize of uint8 RGB images, as one table lookup per value.
+
+    The (3, 256) table holds the float32 value of every pixel level per channel, computed by
+    the image processor itself, so the graph gives its numbers exactly.
+
+    Args:
+        image_processor: the :class:`~tfblip.image_processing.BlipImageProcessor`.
+        options: its resolved options (``image_processor._options({})``).
+        user: what builds the graph, named in the processor's errors.
+    """
+
+    def __init__(self, image_processor: BlipImageProcessor, options: dict[str, Any], user: str):
+        # Flattened, so that channel c's value for pixel level p sits at 256 * c + p.
+        self._table = tf.constant(image_processor._lut(3, options, user).reshape(-1))
+        self._channel_offsets = tf.constant([0, 256, 512], tf.int32)[:, None, None]
+
+    def __call__(self, image: tf.Tensor) -> tf.Tensor:
+        """A uint8 (H, W, 3) image to its float32 (3, H, W) pixel values."""
+        channels_first = tf.transpose(tf.cast(image, tf.int32), [2, 0, 1])
+        return tf.gather(self._table, channels_first + self._channel_offsets)
+
+
+# --------------------------------------------------------------------------------------------
+# The batch.
+# --------------------------------------------------------------------------------------------
 
 
 def preprocess_image_bytes(image_bytes: Any, image_processor: BlipImageProcessor) -> tf.Tensor:
@@ -347,13 +393,10 @@ def preprocess_image_bytes(image_bytes: Any, image_processor: BlipImageProcessor
             of different sizes with ``do_resize=False``.
     """
     options = image_processor._options({})
-    _check_reproducible(options)
+    check_graph_options(options, "preprocess_image_bytes")
     image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
     image_bytes.shape.assert_has_rank(1)
-    # (3, 256) per-channel values, flattened so that channel c's entry for pixel p is at
-    # 256 * c + p.
-    table = tf.constant(image_processor._lut(3, options, "preprocess_image_bytes").reshape(-1))
-    channel_offsets = tf.constant([0, 256, 512], tf.int32)[:, None, None]
+    normalize = PixelNormalizer(image_processor, options, "preprocess_image_bytes")
 
     def preprocess_one(encoded: tf.Tensor) -> tf.Tensor:
         image = decode_image(encoded)
@@ -361,8 +404,7 @@ def preprocess_image_bytes(image_bytes: Any, image_processor: BlipImageProcessor
             image = pillow_bicubic_resize(
                 image, options["size"]["height"], options["size"]["width"]
             )
-        channels_first = tf.transpose(tf.cast(image, tf.int32), [2, 0, 1])
-        return tf.gather(table, channels_first + channel_offsets)
+        return normalize(image)
 
     if options["do_resize"]:
         size = [3, options["size"]["height"], options["size"]["width"]]

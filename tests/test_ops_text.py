@@ -30,7 +30,7 @@ from tokenizers import (
     processors,
 )
 
-from tfblip.export.text_ops import GraphTokenizer
+from tfblip.ops.text import GraphTokenizer
 from tfblip.processing import BlipProcessor
 
 EXTRA_TEXTS = [
@@ -217,7 +217,7 @@ def test_invalid_utf8_reads_as_replacement_character(graph_tokenizer, processor)
 
 
 def test_known_divergence_combining_mark_order(tmp_path, vocab):
-    """Documented in text_ops: canonical reordering of marks that survive accent stripping."""
+    """Documented in tfblip.ops.text: canonical reordering of marks that survive accent stripping."""
     processor = _processor(tmp_path / "strip", vocab, strip_accents=True)
     graph_tokenizer = GraphTokenizer(processor)
     out_of_order = "x\U0001d16d\U0001d165y"  # combining classes 226, 216

@@ -1,4 +1,4 @@
-"""Tests for tfblip.export.image_ops: in-graph decoding and resizing, checked against Pillow.
+"""Tests for tfblip.ops.image: in-graph decoding and resizing, checked against Pillow.
 
 Pillow is the ground truth: the Python image processor opens files with it.
 """
@@ -6,6 +6,8 @@ Pillow is the ground truth: the Python image processor opens files with it.
 import dataclasses
 import io
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -14,8 +16,8 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from tfblip.export.image_ops import decode_image, pillow_bicubic_resize, preprocess_image_bytes
 from tfblip.image_processing import BlipImageProcessor
+from tfblip.ops.image import decode_image, pillow_bicubic_resize, preprocess_image_bytes
 
 BLIP_SIZE = (384, 384)
 MIN_IDENTICAL_SHARE = 0.999
@@ -378,3 +380,14 @@ def test_saved_model_round_trip(tmp_path):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=NOT_AN_IMAGE):
         loaded.preprocess(tf.constant([b"not an image"]))
+
+
+def test_the_data_pipeline_uses_the_ops_without_the_export():
+    """tfblip.ops sits below both users: the training pipeline does not load the export."""
+    code = (
+        "import sys, tfblip.data\n"
+        "assert 'tfblip.ops.image' in sys.modules\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('tfblip.export'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,25 +1,9 @@
-"""The `tfblip` command (also `python -m tfblip`).
+"""The `tfblip` command line: its subcommands, their arguments, help texts and usage checks.
 
-tfblip caption photos/ --num-beams 3
-tfblip vqa photo.jpg --question "what is the cat doing?"
-tfblip match photo.jpg --text "a cat" --text "a dog"
-tfblip embed photos/ --output photos.npy
-tfblip convert ./blip-vqa-base ./blip-vqa.keras
-tfblip export --model DIR --task caption --output saved_models/blip_caption/1 --num-beams 3
-
-Exit codes: 0 everything worked; 1 some inputs failed (each reported on stderr) or a runtime
-error; 2 a usage error (argparse's). This module imports no TensorFlow: arguments are checked,
-and TensorFlow's logging configured, before `tfblip.cli_commands` loads it.
+Imports no TensorFlow, so that `--help`, `--version` and usage errors answer at once.
 """
 
 import argparse
-import contextlib
-import logging
-import os
-import sys
-import tempfile
-import traceback
-import warnings
 
 from tfblip import __version__
 
@@ -31,10 +15,6 @@ DEFAULT_MODELS = {
 }
 DEFAULT_BATCH_SIZE = 8
 TASK_CHOICES = ("caption", "vqa", "retrieval", "features")
-
-
-class CommandError(Exception):
-    """A failure its message explains fully: reported without a traceback."""
 
 
 def _checked_number(kind, accepts, requirement):
@@ -56,35 +36,21 @@ positive_float = _checked_number(float, lambda v: v > 0, "a number > 0")
 probability = _checked_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 any_float = _checked_number(float, lambda v: True, "a number")
 
-# generate() options on the command line: flag -> (option name, type, metavar, help).
+# generate() options on the command line: flag -> (type, metavar, help). Each sets the
+# generate() option of the flag's name, "--max-new-tokens" -> max_new_tokens.
 GENERATION_FLAGS = {
-    "--max-new-tokens": (
-        "max_new_tokens",
-        positive_int,
-        "N",
-        "tokens to generate at most (default 20)",
-    ),
-    "--max-length": ("max_length", positive_int, "N", "total length cap, prompt included"),
-    "--min-new-tokens": ("min_new_tokens", non_negative_int, "N", "tokens to generate at least"),
-    "--min-length": ("min_length", non_negative_int, "N", "total length floor, prompt included"),
-    "--num-beams": ("num_beams", positive_int, "N", "beam search with N beams (BLIP's demo: 3)"),
-    "--length-penalty": ("length_penalty", any_float, "X", "beam search length exponent"),
-    "--repetition-penalty": (
-        "repetition_penalty",
-        positive_float,
-        "X",
-        "penalty for repeated tokens",
-    ),
-    "--no-repeat-ngram-size": (
-        "no_repeat_ngram_size",
-        non_negative_int,
-        "N",
-        "forbid repeating N-grams",
-    ),
-    "--temperature": ("temperature", positive_float, "T", "sampling temperature"),
-    "--top-k": ("top_k", non_negative_int, "K", "sample among the K most likely tokens"),
-    "--top-p": ("top_p", probability, "P", "nucleus sampling probability mass"),
-    "--seed": ("seed", int, "S", "fixed sampling seed (default: a new seed per request)"),
+    "--max-new-tokens": (positive_int, "N", "tokens to generate at most (default 20)"),
+    "--max-length": (positive_int, "N", "total length cap, prompt included"),
+    "--min-new-tokens": (non_negative_int, "N", "tokens to generate at least"),
+    "--min-length": (non_negative_int, "N", "total length floor, prompt included"),
+    "--num-beams": (positive_int, "N", "beam search with N beams (BLIP's demo: 3)"),
+    "--length-penalty": (any_float, "X", "beam search length exponent"),
+    "--repetition-penalty": (positive_float, "X", "penalty for repeated tokens"),
+    "--no-repeat-ngram-size": (non_negative_int, "N", "forbid repeating N-grams"),
+    "--temperature": (positive_float, "T", "sampling temperature"),
+    "--top-k": (non_negative_int, "K", "sample among the K most likely tokens"),
+    "--top-p": (probability, "P", "nucleus sampling probability mass"),
+    "--seed": (int, "S", "fixed sampling seed (default: a new seed per request)"),
 }
 SAMPLING_FLAGS = ("--temperature", "--top-k", "--top-p", "--seed")
 
@@ -143,6 +109,50 @@ EXPORT_EPILOG = """examples:
 """
 
 
+# Each command's summary (in `tfblip --help`), description and examples (in its --help).
+COMMANDS = {
+    "caption": (
+        "caption images",
+        "Caption image files: one line per image, `path<TAB>caption` (or JSON lines).",
+        CAPTION_EPILOG,
+    ),
+    "vqa": (
+        "answer a question about an image",
+        "Answer a question about an image; prints the answer.",
+        VQA_EPILOG,
+    ),
+    "match": (
+        "score how well texts describe an image",
+        (
+            "Score texts against an image with a retrieval checkpoint: the image-text matching\n"
+            "(ITM) probability and the contrastive (ITC) similarity of each text."
+        ),
+        MATCH_EPILOG,
+    ),
+    "embed": (
+        "write image or text feature vectors to a .npy file",
+        "Compute image features (or text features, with --text); save them as a .npy array.",
+        EMBED_EPILOG,
+    ),
+    "convert": (
+        "convert a checkpoint to safetensors or a .keras file",
+        (
+            "Convert a BLIP checkpoint to a config.json + model.safetensors directory,\n"
+            "or to a Keras .keras file."
+        ),
+        CONVERT_EPILOG,
+    ),
+    "export": (
+        "write a SavedModel for TF Serving",
+        (
+            "Export a checkpoint as a TF Serving SavedModel: image bytes and text in, text\n"
+            "(or scores, or embeddings) out. Generation options are fixed at export."
+        ),
+        EXPORT_EPILOG,
+    ),
+}
+
+
 def _early_stopping(value):
     choices = {"true": True, "false": False, "never": "never"}
     if value.lower() not in choices:
@@ -150,15 +160,26 @@ def _early_stopping(value):
     return choices[value.lower()]
 
 
+def _option_name(flag):
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def _value_of(args, flag):
-    return getattr(args, flag.removeprefix("--").replace("-", "_"))
+    return getattr(args, _option_name(flag))
 
 
 def generation_options(args):
-    """The generate() keyword arguments the command line sets."""
+    """The generate() keyword arguments the command line sets.
+
+    Args:
+        args: the parsed arguments of a command with generation options.
+
+    Returns:
+        {generate() option: value} for each option given (and do_sample, early_stopping).
+    """
     options = {
-        name: _value_of(args, flag)
-        for flag, (name, *_) in GENERATION_FLAGS.items()
+        _option_name(flag): _value_of(args, flag)
+        for flag in GENERATION_FLAGS
         if _value_of(args, flag) is not None
     }
     if args.sample:
@@ -170,7 +191,7 @@ def generation_options(args):
 
 def _add_generation_arguments(parser):
     options = parser.add_argument_group("generation options")
-    for flag, (_, kind, metavar, text) in GENERATION_FLAGS.items():
+    for flag, (kind, metavar, text) in GENERATION_FLAGS.items():
         options.add_argument(flag, type=kind, metavar=metavar, help=text)
     options.add_argument("--sample", action="store_true", help="sample instead of greedy/beam")
     options.add_argument(
@@ -191,7 +212,8 @@ def _generation_usage_problem(args, sampling_needs_flag):
     return None
 
 
-def _add_command(subparsers, common, name, summary, description, epilog):
+def _add_command(subparsers, common, name):
+    summary, description, epilog = COMMANDS[name]
     parser = subparsers.add_parser(
         name,
         parents=[common],
@@ -236,14 +258,7 @@ def _add_batch_arguments(parser):
 
 
 def _add_caption_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "caption",
-        "caption images",
-        "Caption image files: one line per image, `path<TAB>caption` (or JSON lines).",
-        CAPTION_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "caption")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image file, directory or glob")
     _add_model_argument(parser, "caption")
     parser.add_argument("--prompt", help="text each caption starts with, e.g. 'a picture of'")
@@ -255,14 +270,7 @@ def _add_caption_parser(subparsers, common):
 
 
 def _add_vqa_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "vqa",
-        "answer a question about an image",
-        "Answer a question about an image; prints the answer.",
-        VQA_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "vqa")
     parser.add_argument("image", metavar="IMAGE", help="image file")
     parser.add_argument("--question", required=True, help="the question, in English")
     _add_model_argument(parser, "vqa")
@@ -271,15 +279,7 @@ def _add_vqa_parser(subparsers, common):
 
 
 def _add_match_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "match",
-        "score how well texts describe an image",
-        "Score texts against an image with a retrieval checkpoint: the image-text matching\n"
-        "(ITM) probability and the contrastive (ITC) similarity of each text.",
-        MATCH_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "match")
     parser.add_argument("image", metavar="IMAGE", help="image file")
     parser.add_argument(
         "--text", action="append", required=True, help="a text to score (repeat for more)"
@@ -295,14 +295,7 @@ def _embed_usage_problem(args):
 
 
 def _add_embed_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "embed",
-        "write image or text feature vectors to a .npy file",
-        "Compute image features (or text features, with --text); save them as a .npy array.",
-        EMBED_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "embed")
     parser.add_argument(
         "paths", nargs="*", metavar="PATH", help="image file, directory or glob (as for caption)"
     )
@@ -314,15 +307,7 @@ def _add_embed_parser(subparsers, common):
 
 
 def _add_convert_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "convert",
-        "convert a checkpoint to safetensors or a .keras file",
-        "Convert a BLIP checkpoint to a config.json + model.safetensors directory,\n"
-        "or to a Keras .keras file.",
-        CONVERT_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "convert")
     parser.add_argument("source", metavar="SRC", help="checkpoint directory or hub repo id")
     parser.add_argument("destination", metavar="DST", help="directory, or a file ending in .keras")
     parser.add_argument(
@@ -332,15 +317,7 @@ def _add_convert_parser(subparsers, common):
 
 
 def _add_export_parser(subparsers, common):
-    parser = _add_command(
-        subparsers,
-        common,
-        "export",
-        "write a SavedModel for TF Serving",
-        "Export a checkpoint as a TF Serving SavedModel: image bytes and text in, text\n"
-        "(or scores, or embeddings) out. Generation options are fixed at export.",
-        EXPORT_EPILOG,
-    )
+    parser = _add_command(subparsers, common, "export")
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub repo id)")
     parser.add_argument("--task", required=True, choices=TASK_CHOICES)
     parser.add_argument(
@@ -358,6 +335,14 @@ def _add_export_parser(subparsers, common):
 
 
 def build_parser():
+    """The `tfblip` argument parser, one subparser per command.
+
+    Each command's namespace carries `command_parser` (its subparser, for usage errors) and
+    `usage_problem(args)` (a usage error message, or None), checks argparse cannot express.
+
+    Returns:
+        The argparse.ArgumentParser.
+    """
     parser = argparse.ArgumentParser(
         prog="tfblip",
         description="BLIP in TensorFlow: captioning, VQA, image-text matching, embeddings, "
@@ -379,75 +364,3 @@ def build_parser():
     _add_convert_parser(subparsers, common)
     _add_export_parser(subparsers, common)
     return parser
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """Sends what is written to file descriptor 2 while the block runs to a temporary file,
-    and writes it out after all if the block raises, so a failure keeps its explanation."""
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        succeeded = False
-        try:
-            yield
-            succeeded = True
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            if not succeeded:
-                captured.seek(0)
-                sys.stderr.buffer.write(captured.read())
-                sys.stderr.flush()
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow with its start-up log lines and its Python warnings hidden."""
-    # TensorFlow logs "oneDNN custom operations are on", "Could not find cuda drivers", cuInit
-    # failures and the like from C++ while it loads and first lists its devices, partly
-    # before absl logging starts, where TF_CPP_MIN_LOG_LEVEL does not reach: only catching
-    # the native stderr hides them. Level 2 then keeps later C++ errors and drops the rest.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"(tensorflow|keras|absl|h5py|google)(\.|$)")
-    with _native_stderr_captured():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-
-
-def _describe(error):
-    if isinstance(error, (CommandError, ValueError, OSError, ImportError)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    problem = args.usage_problem(args)
-    if problem:
-        args.command_parser.error(problem)
-    try:
-        if not args.verbose:
-            import_tensorflow_quietly()
-        from tfblip import cli_commands
-
-        return cli_commands.RUNNERS[args.command](args)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) has gone: stop quietly, and keep Python's exit-time flush
-        # of stdout from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as error:  # noqa: BLE001 - every failure ends as one line on stderr
-        if args.verbose:
-            traceback.print_exc()
-        print(f"tfblip {args.command}: error: {_describe(error)}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
