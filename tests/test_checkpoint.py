@@ -23,7 +23,8 @@ from reference import (
 from safetensors.numpy import load_file, save_file
 
 import tfblip
-from tfblip.checkpoint import CheckpointError, load_weights, open_checkpoint
+from tfblip.checkpoints import load_weights, open_checkpoint
+from tfblip.errors import CheckpointError
 
 TASK_CLASSES = {
     "BlipForConditionalGeneration": tfblip.TFBlipForConditionalGeneration,

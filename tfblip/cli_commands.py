@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfblip.checkpoint import resolve_checkpoint_path
+from tfblip.checkpoints import resolve_checkpoint_path
 from tfblip.cli import DEFAULT_MODELS, CommandError, generation_options
 from tfblip.configuration import CONFIG_NAME
 from tfblip.export.saved_model import TASKS, export_saved_model

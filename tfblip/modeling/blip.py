@@ -5,10 +5,10 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
 from tfblip.generation import drop_last_token, generate, resolve_options
 from tfblip.modeling.common import ConfigSerializable, dense
+from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.modeling.text import (
     IGNORE_INDEX,
     TFBlipTextLMHeadModel,
