@@ -49,14 +49,8 @@ def load_pretrained(
     Args:
         cls: the model class; its `config_class`, `tower_prefixes` and
             `checkpoint_arguments` say how to build it.
-        pretrained_model_name_or_path: a checkpoint directory, a weights file or a
-            Hugging Face Hub repo id (downloaded with huggingface_hub).
-        config: the model's config; by default read from the checkpoint.
-        dtype: a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
-        image_size: for original Salesforce `.pth` files only: resizes their position
-            embeddings (e.g. 224 -> 384).
-        **hub_kwargs: options of huggingface_hub's `snapshot_download`, used for a repo id
-            and ignored for a local path.
+        pretrained_model_name_or_path, config, dtype, image_size, **hub_kwargs: as
+            `PretrainedMixin.from_pretrained` (tfblip/modeling/pretrained.py) documents them.
 
     Returns:
         The model with the checkpoint's weights.
