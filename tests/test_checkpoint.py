@@ -1,8 +1,11 @@
 """Checkpoint formats, the save_pretrained round trip into transformers, and bad checkpoints."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
+import textwrap
 import types
 
 import numpy as np
@@ -11,6 +14,7 @@ import tensorflow as tf
 import torch
 import transformers
 from reference import (
+    VISION_CONFIG,
     assert_close,
     pixel_values,
     reference_model,
@@ -23,7 +27,8 @@ from reference import (
 from safetensors.numpy import load_file, save_file
 
 import tfblip
-from tfblip.checkpoint import CheckpointError, load_weights, open_checkpoint
+from tfblip.checkpoints import load_weights, open_checkpoint
+from tfblip.errors import CheckpointError
 
 TASK_CLASSES = {
     "BlipForConditionalGeneration": tfblip.TFBlipForConditionalGeneration,
@@ -115,6 +120,41 @@ def test_sub_model_round_trips_load_in_transformers(tmp_path):
         original, round_tripped = reference_state(reference), reference_state(reloaded)
         for key, value in original.items():
             assert np.array_equal(value, round_tripped[key]), f"{name}: {key}"
+
+
+# Run in a fresh process, where nothing has imported tfblip.checkpoints yet.
+_LAZY_CHECKPOINTS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+
+    import numpy as np
+
+    import tfblip.modeling.blip
+    from tfblip.configuration import BlipVisionConfig
+    from tfblip.modeling.vision import TFBlipVisionModel
+
+    readers = sorted(name for name in sys.modules if name.startswith("tfblip.checkpoints"))
+    assert not readers, f"importing the models imported {readers}"
+    model = TFBlipVisionModel(BlipVisionConfig(**json.loads(sys.argv[2])))
+    model.save_pretrained(sys.argv[1])
+    assert "tfblip.checkpoints" in sys.modules
+    reloaded = TFBlipVisionModel.from_pretrained(sys.argv[1])
+    for ours, theirs in zip(model.weights, reloaded.weights):
+        assert np.array_equal(ours.numpy(), theirs.numpy()), ours.path
+    """
+)
+
+
+def test_models_import_the_checkpoint_readers_only_to_load_or_save(tmp_path):
+    """tfblip.modeling imports no checkpoint reader; the first from_pretrained or
+    save_pretrained imports tfblip.checkpoints, which registers the implementations."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tfblip.__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    arguments = [str(tmp_path), json.dumps(VISION_CONFIG)]
+    command = [sys.executable, "-c", _LAZY_CHECKPOINTS_SCRIPT, *arguments]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_saved_checkpoint_gives_transformers_the_same_logits(caption_checkpoint, tmp_path):

@@ -27,7 +27,7 @@ from skimage import data
 from test_processing import _build_vocab, _write_salesforce_dir
 
 import tfblip
-from tfblip.checkpoint import pytorch_state_dict
+from tfblip.checkpoints import pytorch_state_dict
 from tfblip.cli.report import Reporter
 
 CAPTION_OPTIONS = ["--num-beams", "2", "--max-new-tokens", "6"]

@@ -14,7 +14,8 @@ import torch
 from reference import pixel_values, reference_model, text_inputs, to_torch
 
 import tfblip
-from tfblip.checkpoint import _TO_PYTORCH_AXES, pytorch_named_variables, pytorch_state_dict
+from tfblip.checkpoints import pytorch_named_variables, pytorch_state_dict
+from tfblip.checkpoints.names import TO_PYTORCH_AXES
 
 # At step 1 Adam moves every weight whose gradient is well above epsilon by ~lr (m_hat /
 # sqrt(v_hat) = sign(g)), so lr must be far above the 1e-5 tolerance for the comparison to
@@ -139,7 +140,7 @@ def keras_step(model, batch):
         gradient = by_variable.get(id(variable))
         if gradient is not None:
             gradient = tf.convert_to_tensor(gradient).numpy()  # embeddings give IndexedSlices
-            axes = _TO_PYTORCH_AXES[layout]
+            axes = TO_PYTORCH_AXES[layout]
             gradient = np.transpose(gradient, axes) if axes else gradient
         grads[name] = gradient
     # Keras, like torch.optim.AdamW here, decays every variable it updates.

@@ -23,13 +23,14 @@ from reference import (
 )
 
 import tfblip
-from tfblip.checkpoint import _DictSource, load_weights
-from tfblip.salesforce import (
+from tfblip.checkpoints import load_weights
+from tfblip.checkpoints.salesforce import (
     ORIGINAL_VISION_LAYER_NORM_EPS,
     SalesforceCheckpointError,
     is_salesforce_checkpoint,
     read_salesforce_checkpoint,
 )
+from tfblip.checkpoints.sources import DictSource
 
 # Head counts are inferred as width // 64 (true of every BLIP tower), so the tiny towers use
 # 64-wide heads. The vision eps is the original ViT's, which the reader puts in the config.
@@ -233,7 +234,7 @@ def test_image_size_resizes_position_embeddings_bicubically(converted, image_siz
     assert all(torch.equal(resized[k], state[k]) for k in state if k != key)
     # The resized model runs at the new resolution.
     model = TF_CLASSES[architecture](tfblip.BlipConfig.from_dict(resized_config))
-    load_weights(model, _DictSource(resized))
+    load_weights(model, DictSource(resized))
     outputs = model.vision_model(pixel_values=pixel_values(batch_size=1, size=image_size))
     assert outputs.last_hidden_state.shape == (1, grid * grid + 1, width)
 

@@ -23,8 +23,8 @@ from reference import (
 )
 
 import tfblip
-from tfblip.checkpoint import CheckpointError
-from tfblip.tf_h5 import is_tf_h5_checkpoint, read_tf_h5
+from tfblip.checkpoints.tf_h5 import is_tf_h5_checkpoint, read_tf_h5
+from tfblip.errors import CheckpointError
 
 TF_CLASSES = {
     "BlipForConditionalGeneration": tfblip.TFBlipForConditionalGeneration,

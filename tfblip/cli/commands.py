@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from tfblip.checkpoint import resolve_checkpoint_path
+from tfblip.checkpoints import resolve_checkpoint_path
 from tfblip.cli.parser import DEFAULT_MODELS, generation_options
 from tfblip.cli.report import CommandError, Reporter
 from tfblip.configuration import CONFIG_NAME

@@ -5,10 +5,11 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
-from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
 from tfblip.generation import drop_last_token, generate, resolve_options
 from tfblip.modeling.common import ConfigSerializable, dense
+from tfblip.modeling.multi_worker_fit import MultiWorkerFitMixin
+from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.modeling.text import (
     IGNORE_INDEX,
     TFBlipTextLMHeadModel,
@@ -102,7 +103,7 @@ def graph_function(model, name, function, *variant):
     return functions[key]
 
 
-class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
+class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model):
     """Shared constructor plumbing: a BlipConfig and a vision tower named `vision_model`."""
 
     config_class = BlipConfig
@@ -126,34 +127,6 @@ class _BlipTaskModel(PretrainedMixin, ConfigSerializable, keras.Model):
         return super().__call__(*args, **kwargs)
 
     # ------------------------------------------------------------------ training with fit()
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a distribution strategy Keras builds the model from the first batch, reduced
-        # across replicas; MultiWorkerMirroredStrategy cannot reduce a dict of inputs. These
-        # models build their weights when constructed, so only the optimizer is left.
-        if self._distribute_strategy is None or self._compile_metrics is not None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        with self.distribute_strategy.scope():
-            if self.optimizer is not None and not self.optimizer.built:
-                self.optimizer.build(self.trainable_variables)
-            self._post_build()
-
-    def train_step(self, data):
-        return self._reducible_across_workers(super().train_step(data))
-
-    def test_step(self, data):
-        return self._reducible_across_workers(super().test_step(data))
-
-    def _reducible_across_workers(self, logs):
-        # Keras 3 averages each replica's logs with strategy.reduce(axis=0), which fails on
-        # scalars under a multi-worker strategy (keras-team/keras#20585): give them an axis.
-        strategy = self._distribute_strategy
-        if not (
-            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.extended._in_multi_worker_mode()
-        ):
-            return logs
-        return {name: tf.reshape(value, [-1]) for name, value in logs.items()}
 
     def default_loss(self, x, y_pred):
         """The loss fit() uses when the forward pass computed none."""

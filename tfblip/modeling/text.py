@@ -14,7 +14,6 @@ does not.
 import keras
 import tensorflow as tf
 
-from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import BlipTextConfig
 from tfblip.modeling.common import (
     ConfigSerializable,
@@ -23,6 +22,7 @@ from tfblip.modeling.common import (
     layer_norm,
     masked_softmax,
 )
+from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,

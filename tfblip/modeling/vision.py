@@ -1,13 +1,13 @@
 """BLIP vision tower: a pre-LayerNorm ViT.
 
 Every sublayer's Keras `name` is the attribute name of the PyTorch module it mirrors, so a
-PyTorch weight key maps to a Keras variable by walking layer names (see `tfblip.checkpoint`).
+PyTorch weight key maps to a Keras variable by walking layer names (see
+`tfblip.checkpoints.names`).
 """
 
 import keras
 import tensorflow as tf
 
-from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import BlipVisionConfig
 from tfblip.modeling.common import (
     ConfigSerializable,
@@ -16,6 +16,7 @@ from tfblip.modeling.common import (
     layer_norm,
     masked_softmax,
 )
+from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import BaseModelOutputWithPooling
 
 # PyTorch's bicubic kernel uses a = -0.75 (tf.image.resize uses -0.5, so it cannot be reused).

@@ -21,7 +21,7 @@ import os
 import re
 import zipfile
 
-from tfblip.errors import CheckpointError
+from tfblip.errors import CheckpointError, summarize_names
 
 ARCHITECTURES = (
     "BlipForConditionalGeneration",
@@ -387,11 +387,6 @@ def _missing_parts_error(path, architecture, missing, state):
     )
 
 
-def _summary(items, limit=20):
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def _interpolate_position_embedding(position_embedding, grid):
     """The class position, then the patch positions resized bicubically to `grid` x `grid`.
 
@@ -520,9 +515,12 @@ def read_salesforce_checkpoint(path, architecture, image_size=None):
     if missing or mismatched:
         problems = []
         if missing:
-            problems.append(f"missing tensors ({len(missing)}): {_summary(missing)}")
+            # In schema order: the reader's order of modules, not sorted.
+            listed = summarize_names(missing, sort=False)
+            problems.append(f"missing tensors ({len(missing)}): {listed}")
         if mismatched:
-            problems.append(f"tensors of wrong shape ({len(mismatched)}): {_summary(mismatched)}")
+            listed = summarize_names(mismatched, sort=False)
+            problems.append(f"tensors of wrong shape ({len(mismatched)}): {listed}")
             if architecture == "BlipForQuestionAnswering":
                 problems.append(
                     "transformers' answer decoder cross-attends to question states through "

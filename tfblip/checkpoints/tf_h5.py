@@ -3,7 +3,7 @@
 transformers 5 dropped its TensorFlow models, and with them the only reader of the weights
 that `TFBlipForConditionalGeneration`, `TFBlipForQuestionAnswering`,
 `TFBlipForImageTextRetrieval` and `TFBlipModel` wrote. `read_tf_h5` turns such a file into the
-state dict of the matching transformers PyTorch model, which `tfblip.checkpoint.load_weights`
+state dict of the matching transformers PyTorch model, which `tfblip.checkpoints.load_weights`
 loads like any other.
 
 The layout, from transformers 4.x (`modeling_tf_blip.py`, `modeling_tf_blip_text.py`, and
@@ -37,7 +37,7 @@ import re
 import h5py
 import numpy as np
 
-from tfblip.errors import CheckpointError
+from tfblip.errors import CheckpointError, summarize_names
 
 TF_WEIGHTS_NAME = "tf_model.h5"
 
@@ -192,12 +192,6 @@ def _weight_datasets(f):
     return entries
 
 
-def _summarize(names, limit=20):
-    names = sorted(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def _read_state(f):
     plan, unknown, sources = [], [], {}
     for tf_name, dataset in _weight_datasets(f):
@@ -217,7 +211,8 @@ def _read_state(f):
         raise CheckpointError(
             f"{f.filename} holds weights that are not part of a transformers 4.x TFBlip task "
             "model (TFBlipForConditionalGeneration, TFBlipForQuestionAnswering, "
-            f"TFBlipForImageTextRetrieval, TFBlipModel) ({len(unknown)}): {_summarize(unknown)}"
+            f"TFBlipForImageTextRetrieval, TFBlipModel) ({len(unknown)}): "
+            + summarize_names(unknown)
         )
     if not plan:
         raise CheckpointError(f"{f.filename} holds no weights.")
