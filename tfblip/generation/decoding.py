@@ -1,0 +1,198 @@
+"""Decoding after the encoders: the prompt layout, the search the options pick, the result.
+
+The whole token loop runs in one `tf.function` (a `tf.while_loop`), optionally compiled with
+XLA, with plain TensorFlow ops and static shapes. The self-attention keys/values live in
+buffers of the final length that each step writes into; the cross-attention keys/values are
+computed by the first (prefill) step and reused.
+
+The model is reached through a decoder step (e.g. `tfblip.modeling.decoder_step.DecoderStep`):
+an object with `eos_token_id`, `pad_token_id`, `max_positions`, `functions` (a dict that keeps
+the compiled loops as long as the model), `empty_cache(rows, length)` and
+`bind(encoder_states, encoder_mask)` -> `next_logits(tokens, positions, attention_mask,
+column, cache, prefill)` -> (float32 logits of the last token, cache).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfblip.generation.beam import beam_fill, beam_search
+from tfblip.generation.greedy import argmax, greedy_search
+from tfblip.generation.processors import logits_processors
+from tfblip.generation.prompts import Prompt, align_right, to_transformers_layout
+from tfblip.generation.sampling import seeded_draw
+from tfblip.outputs import register_output
+
+# With neither max_length nor max_new_tokens set, transformers 5 generates this many new tokens
+# (its "model-agnostic default"), within the position embeddings.
+DEFAULT_NEW_TOKENS = 20
+
+GenerateOutput = register_output(
+    "GenerateOutput",
+    ["sequences", "scores", "sequences_scores"],
+    "Output of generate(return_dict_in_generate=True): the token ids, the processed scores of "
+    "each step (output_scores=True) and, for beam search, each sequence's final score.",
+)
+
+
+def allowed_new_tokens(lengths, options, max_positions):
+    """(N,) how many tokens each row may add: max_new_tokens, else max_length minus the
+    prompt, else transformers' default of 20 within the position embeddings."""
+    if options.max_new_tokens is not None:
+        return tf.fill(tf.shape(lengths), options.max_new_tokens)
+    if options.max_length is not None:
+        return options.max_length - lengths
+    return tf.minimum(DEFAULT_NEW_TOKENS, max_positions - lengths)
+
+
+def decode(
+    step, encoder_states, encoder_mask, input_ids, attention_mask, options, seed, max_new=None
+):
+    """The whole decoding after the encoders, as TensorFlow ops (traceable, no Python values).
+
+    Args:
+        step: the decoder step (see the module docstring).
+        encoder_states: (B, S, D) states the decoder cross-attends to.
+        encoder_mask: (B, S) their mask.
+        input_ids: (B, P) prompts already starting with bos, without [SEP], right-padded.
+        attention_mask: (B, P) the prompts' mask.
+        options: the GenerationOptions.
+        seed: int64 scalar tensor, for sampling.
+        max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
+            None to take it from the data in the graph (SavedModel export).
+
+    Returns:
+        A dict: "sequences" laid out as transformers does (each row's prompt, its generated
+        tokens, then padding; the columns from "width" on are padding to cut), "width",
+        "steps", "scores" (steps, rows, vocab) when output_scores, and "sequences_scores" for
+        beam search.
+    """
+    token_ids = (step.eos_token_id, step.pad_token_id)
+    ids, mask, offsets = align_right(
+        tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32), step.pad_token_id
+    )
+    lengths = tf.reduce_sum(mask, axis=1)
+    allowed = allowed_new_tokens(lengths, options, step.max_positions)
+    if max_new is None:
+        max_new = tf.reduce_max(allowed)
+        tf.debugging.assert_positive(
+            max_new, message="The prompt leaves no room to generate within max_length."
+        )
+    prompt_width = tf.shape(ids)[1]
+    copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
+
+    def expand(x):
+        return tf.repeat(x, copies, axis=0)
+
+    prompt = Prompt(
+        expand(ids),
+        expand(mask),
+        expand(lengths),
+        expand(tf.maximum(allowed, 1)),
+        prompt_width,
+        max_new,
+    )
+    row_offsets = expand(offsets)
+    next_logits = step.bind(expand(encoder_states), expand(encoder_mask))
+    full_mask = tf.concat([prompt.mask, tf.ones((tf.shape(prompt.mask)[0], max_new), tf.int32)], 1)
+
+    def extend(tokens, column, cache, prefill=False):
+        positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
+        return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
+
+    empty = step.empty_cache(tf.shape(prompt.ids)[0], prompt_width + max_new)
+    logits, cache = extend(prompt.ids, 0, empty, prefill=True)
+    processors = logits_processors(options, step.eos_token_id)
+    search = (prompt, logits, cache, extend, processors)
+    if options.num_beams > 1:
+        result = beam_search(*search, token_ids, options)
+        result["width"] = prompt_width + tf.reduce_max(result["generated"])
+        fill, returned = beam_fill(token_ids), options.num_return_sequences
+    else:
+        choose = seeded_draw(seed) if options.do_sample else argmax
+        result = greedy_search(*search, choose, token_ids, options.output_scores)
+        result["width"] = prompt_width + result["steps"]
+        fill, returned = step.pad_token_id, copies
+    # Laid out at the full width, a static shape for XLA; callers cut it to "width".
+    result["sequences"] = to_transformers_layout(
+        result["sequences"], tf.repeat(offsets, returned, axis=0), prompt_width + max_new, fill
+    )
+    return result
+
+
+def _compiled(step, options, max_new):
+    """One tf.function per graph-shaping options and length, kept while the model lives."""
+    key = (options.graph_options(), max_new)
+    if key not in step.functions:
+        graph_options = key[0]
+
+        def run(encoder_states, encoder_mask, input_ids, attention_mask, seed):
+            return decode(
+                step,
+                encoder_states,
+                encoder_mask,
+                input_ids,
+                attention_mask,
+                graph_options,
+                seed,
+                max_new,
+            )
+
+        step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
+    return step.functions[key]
+
+
+def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
+    """`decode` run eagerly, returning what transformers' generate returns.
+
+    Args:
+        step: the decoder step (see the module docstring).
+        encoder_states, encoder_mask, input_ids, attention_mask: as for `decode`.
+        options: the GenerationOptions.
+
+    Returns:
+        The int32 token ids (B * returned, length), or a GenerateOutput with
+        return_dict_in_generate.
+
+    Raises:
+        ValueError: the prompt leaves no room to generate, or generating would run past the
+            position embeddings.
+    """
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    allowed = allowed_new_tokens(lengths, options, step.max_positions)
+    max_new = int(tf.reduce_max(allowed))
+    if max_new < 1:
+        raise ValueError(
+            f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) leaves no room to "
+            f"generate (max_length={options.max_length}); raise max_length or pass "
+            "max_new_tokens."
+        )
+    # Checked here, once: inside the decoding loop a position past the table would fail as a
+    # TensorFlow gather error.
+    needed = int(tf.reduce_max(lengths + allowed))
+    if needed > step.max_positions:
+        raise ValueError(
+            f"Generating {max_new} tokens (max_new_tokens={options.max_new_tokens}, "
+            f"max_length={options.max_length}) after the prompt ({int(tf.reduce_max(lengths))} "
+            f"tokens with bos) needs {needed} positions, but the model has {step.max_positions} "
+            "position embeddings (max_position_embeddings); lower max_new_tokens or "
+            "max_length, or shorten the prompt."
+        )
+    seed = options.seed if options.seed is not None else int(np.random.randint(0, 2**31 - 1))
+    result = _compiled(step, options, max_new)(
+        encoder_states,
+        encoder_mask,
+        tf.cast(input_ids, tf.int32),
+        tf.cast(attention_mask, tf.int32),
+        tf.constant(seed, tf.int64),
+    )
+    sequences = result["sequences"][:, : int(result["width"])]
+    if not options.return_dict_in_generate:
+        return sequences
+    if not options.output_scores:
+        return GenerateOutput(sequences=sequences, scores=None, sequences_scores=None)
+    steps = int(result["steps"])
+    return GenerateOutput(
+        sequences=sequences,
+        scores=tuple(tf.unstack(result["scores"][:steps], num=steps)),
+        sequences_scores=result.get("sequences_scores"),
+    )
