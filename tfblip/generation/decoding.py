@@ -1,15 +1,13 @@
-"""Decoding after the encoders: the prompt layout, the search the options pick, the result.
+"""The decoding after the encoders: prompt layout, the search the options pick, the result.
 
-The whole token loop runs in one `tf.function` (a `tf.while_loop`), optionally compiled with
-XLA, with plain TensorFlow ops and static shapes. The self-attention keys/values live in
-buffers of the final length that each step writes into; the cross-attention keys/values are
-computed by the first (prefill) step and reused.
-
-The model is reached through a decoder step (e.g. `tfblip.modeling.decoder_step.DecoderStep`):
-an object with `eos_token_id`, `pad_token_id`, `max_positions`, `functions` (a dict that keeps
-the compiled loops as long as the model), `empty_cache(rows, length)` and
-`bind(encoder_states, encoder_mask)` -> `next_logits(tokens, positions, attention_mask,
-column, cache, prefill)` -> (float32 logits of the last token, cache).
+The token loop runs in one `tf.function` (a `tf.while_loop`), optionally compiled with XLA,
+with plain TensorFlow ops and static shapes; self-attention keys/values live in buffers of the
+final length. The model is reached through a decoder step (such as
+`tfblip.modeling.decoder_step.DecoderStep`): an object with `eos_token_id`, `pad_token_id`,
+`max_positions`, `functions` (a dict keeping the compiled loops as long as the model),
+`empty_cache(rows, length)` and `bind(encoder_states, encoder_mask)`, which returns
+`next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32 logits of
+the last token, cache).
 """
 
 import numpy as np
@@ -51,20 +49,18 @@ def decode(
 
     Args:
         step: the decoder step (see the module docstring).
-        encoder_states: (B, S, D) states the decoder cross-attends to.
-        encoder_mask: (B, S) their mask.
-        input_ids: (B, P) prompts already starting with bos, without [SEP], right-padded.
-        attention_mask: (B, P) the prompts' mask.
+        encoder_states: (B, S, D) states the decoder cross-attends to; encoder_mask: (B, S).
+        input_ids: (B, P) prompts starting with bos, without [SEP], right-padded under
+            attention_mask (B, P).
         options: the GenerationOptions.
-        seed: int64 scalar tensor, for sampling.
+        seed: an int64 scalar tensor, for sampling.
         max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
             None to take it from the data in the graph (SavedModel export).
 
     Returns:
-        A dict: "sequences" laid out as transformers does (each row's prompt, its generated
-        tokens, then padding; the columns from "width" on are padding to cut), "width",
-        "steps", "scores" (steps, rows, vocab) when output_scores, and "sequences_scores" for
-        beam search.
+        A dict: "sequences" laid out as transformers does (each row's prompt, its new tokens,
+        then padding; columns from "width" on are padding to cut), "width", "steps", "scores"
+        (steps, rows, vocab) with output_scores, and "sequences_scores" for beam search.
     """
     token_ids = (step.eos_token_id, step.pad_token_id)
     ids, mask, offsets = align_right(
@@ -77,53 +73,77 @@ def decode(
         tf.debugging.assert_positive(
             max_new, message="The prompt leaves no room to generate within max_length."
         )
-    prompt_width = tf.shape(ids)[1]
+    width = tf.shape(ids)[1]
     copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
-
-    def expand(x):
-        return tf.repeat(x, copies, axis=0)
-
-    prompt = Prompt(
-        expand(ids),
-        expand(mask),
-        expand(lengths),
-        expand(tf.maximum(allowed, 1)),
-        prompt_width,
-        max_new,
+    # One row per beam or returned sequence.
+    ids, mask, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
+        tf.repeat(x, copies, axis=0)
+        for x in (ids, mask, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
     )
-    row_offsets = expand(offsets)
-    next_logits = step.bind(expand(encoder_states), expand(encoder_mask))
-    full_mask = tf.concat([prompt.mask, tf.ones((tf.shape(prompt.mask)[0], max_new), tf.int32)], 1)
+    prompt = Prompt(ids, mask, lengths, allowed, width, max_new)
+    next_logits = step.bind(encoder_states, encoder_mask)
+    full_mask = tf.pad(mask, [[0, 0], [0, max_new]], constant_values=1)
 
     def extend(tokens, column, cache, prefill=False):
         positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
         return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
 
-    empty = step.empty_cache(tf.shape(prompt.ids)[0], prompt_width + max_new)
-    logits, cache = extend(prompt.ids, 0, empty, prefill=True)
-    processors = logits_processors(options, step.eos_token_id)
-    search = (prompt, logits, cache, extend, processors)
+    logits, cache = extend(
+        ids, 0, step.empty_cache(tf.shape(ids)[0], width + max_new), prefill=True
+    )
+    search = (prompt, logits, cache, extend, logits_processors(options, step.eos_token_id))
     if options.num_beams > 1:
         result = beam_search(*search, token_ids, options)
-        result["width"] = prompt_width + tf.reduce_max(result["generated"])
+        result["width"] = width + tf.reduce_max(result["generated"])
         fill, returned = beam_fill(token_ids), options.num_return_sequences
     else:
         choose = seeded_draw(seed) if options.do_sample else argmax
         result = greedy_search(*search, choose, token_ids, options.output_scores)
-        result["width"] = prompt_width + result["steps"]
+        result["width"] = width + result["steps"]
         fill, returned = step.pad_token_id, copies
     # Laid out at the full width, a static shape for XLA; callers cut it to "width".
     result["sequences"] = to_transformers_layout(
-        result["sequences"], tf.repeat(offsets, returned, axis=0), prompt_width + max_new, fill
+        result["sequences"], tf.repeat(offsets, returned, axis=0), width + max_new, fill
     )
     return result
 
 
-def _compiled(step, options, max_new):
-    """One tf.function per graph-shaping options and length, kept while the model lives."""
-    key = (options.graph_options(), max_new)
-    if key not in step.functions:
-        graph_options = key[0]
+def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
+    """`decode` run eagerly, returning what transformers' generate returns.
+
+    One tf.function per graph-shaping options (`options.graph_options()`) and length is kept
+    in `step.functions` and reused.
+
+    Args:
+        step, encoder_states, encoder_mask, input_ids, attention_mask, options: as `decode`.
+
+    Returns:
+        The int32 token ids, or a GenerateOutput with return_dict_in_generate.
+
+    Raises:
+        ValueError: the prompt leaves no room to generate, or generating needs more positions
+            than the model has.
+    """
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    allowed = allowed_new_tokens(lengths, options, step.max_positions)
+    max_new, prompt_length = int(tf.reduce_max(allowed)), int(tf.reduce_max(lengths))
+    if max_new < 1:
+        raise ValueError(
+            f"The prompt ({prompt_length} tokens with bos) leaves no room to generate "
+            f"(max_length={options.max_length}); raise max_length or pass max_new_tokens."
+        )
+    # Checked here, once: in the loop a position past the table fails as a gather error.
+    needed = int(tf.reduce_max(lengths + allowed))
+    if needed > step.max_positions:
+        raise ValueError(
+            f"Generating {max_new} tokens (max_new_tokens={options.max_new_tokens}, "
+            f"max_length={options.max_length}) after the prompt ({prompt_length} tokens with "
+            f"bos) needs {needed} positions, but the model has {step.max_positions} position "
+            "embeddings (max_position_embeddings); lower max_new_tokens or max_length, or "
+            "shorten the prompt."
+        )
+    graph_options = options.graph_options()
+    if (graph_options, max_new) not in step.functions:
 
         def run(encoder_states, encoder_mask, input_ids, attention_mask, seed):
             return decode(
@@ -137,48 +157,10 @@ def _compiled(step, options, max_new):
                 max_new,
             )
 
-        step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
-    return step.functions[key]
-
-
-def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
-    """`decode` run eagerly, returning what transformers' generate returns.
-
-    Args:
-        step: the decoder step (see the module docstring).
-        encoder_states, encoder_mask, input_ids, attention_mask: as for `decode`.
-        options: the GenerationOptions.
-
-    Returns:
-        The int32 token ids (B * returned, length), or a GenerateOutput with
-        return_dict_in_generate.
-
-    Raises:
-        ValueError: the prompt leaves no room to generate, or generating would run past the
-            position embeddings.
-    """
-    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
-    allowed = allowed_new_tokens(lengths, options, step.max_positions)
-    max_new = int(tf.reduce_max(allowed))
-    if max_new < 1:
-        raise ValueError(
-            f"The prompt ({int(tf.reduce_max(lengths))} tokens with bos) leaves no room to "
-            f"generate (max_length={options.max_length}); raise max_length or pass "
-            "max_new_tokens."
-        )
-    # Checked here, once: inside the decoding loop a position past the table would fail as a
-    # TensorFlow gather error.
-    needed = int(tf.reduce_max(lengths + allowed))
-    if needed > step.max_positions:
-        raise ValueError(
-            f"Generating {max_new} tokens (max_new_tokens={options.max_new_tokens}, "
-            f"max_length={options.max_length}) after the prompt ({int(tf.reduce_max(lengths))} "
-            f"tokens with bos) needs {needed} positions, but the model has {step.max_positions} "
-            "position embeddings (max_position_embeddings); lower max_new_tokens or "
-            "max_length, or shorten the prompt."
-        )
+        function = tf.function(run, jit_compile=options.jit_compile)
+        step.functions[graph_options, max_new] = function
     seed = options.seed if options.seed is not None else int(np.random.randint(0, 2**31 - 1))
-    result = _compiled(step, options, max_new)(
+    result = step.functions[graph_options, max_new](
         encoder_states,
         encoder_mask,
         tf.cast(input_ids, tf.int32),

@@ -8,20 +8,21 @@ from tfblip.arguments import positive_int
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
-# Marks the fields that change what one call returns, not the traced decoding loop.
+# Marks the options that change what one call returns, not the compiled decoding loop.
 _PER_CALL = {"per_call": True}
+# None means no limit of this kind (max_*, min_new_tokens) or no top-k filter.
+_MAY_BE_UNSET = ("max_length", "max_new_tokens", "min_new_tokens", "top_k")
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
     """The options of one generate() call, with transformers' names, defaults and meaning.
 
-    Every field shapes the compiled decoding loop except those declared per-call (`seed`,
-    `return_dict_in_generate`), so `graph_options()` keys the compiled functions: there is no
-    list of keys to keep in step with the fields.
+    All but the per-call options shape the compiled decoding loop, so `graph_options()` keys
+    the compiled functions: no list of keys to keep in step with the fields.
 
     Raises:
-        ValueError: an invalid value or a contradictory combination (from the constructor).
+        ValueError: an invalid value or a contradictory combination.
     """
 
     max_length: int | None = None
@@ -49,17 +50,12 @@ class GenerationOptions:
         return sorted(field.name for field in dataclasses.fields(cls))
 
     @classmethod
-    def per_call_names(cls):
-        """The options that do not shape the compiled loop, sorted."""
-        return sorted(field.name for field in dataclasses.fields(cls) if field.metadata)
-
-    @classmethod
     def from_dicts(cls, defaults, call_options):
         """transformers' defaults < `defaults` (generation_config.json) < `call_options`.
 
         Args:
-            defaults: the model's decoding defaults, a dict of option names to values.
-            call_options: the options one call gives.
+            defaults: the model's decoding defaults, option names to values.
+            call_options: the options of one call.
 
         Returns:
             The merged, validated GenerationOptions.
@@ -75,18 +71,17 @@ class GenerationOptions:
 
     def graph_options(self):
         """These options with the per-call ones at their defaults: the compiled loop's key."""
-        fields = dataclasses.fields(self)
-        return dataclasses.replace(self, **{f.name: f.default for f in fields if f.metadata})
+        per_call = [field for field in dataclasses.fields(self) if field.metadata.get("per_call")]
+        return dataclasses.replace(self, **{field.name: field.default for field in per_call})
 
     def __post_init__(self):
-        for name in ("num_beams", "num_return_sequences", "max_length", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None or name in ("num_beams", "num_return_sequences"):
-                object.__setattr__(self, name, positive_int(name, value))
+        unset = {name for name in _MAY_BE_UNSET if getattr(self, name) is None}
+        for name in ("max_length", "max_new_tokens", "num_beams", "num_return_sequences"):
+            if name not in unset:  # kept as a plain int (numpy ints pass), JSON-writable
+                object.__setattr__(self, name, positive_int(name, getattr(self, name)))
         for name in ("min_length", "no_repeat_ngram_size", "min_new_tokens", "top_k"):
             value = getattr(self, name)
-            unset = value is None and name in ("min_new_tokens", "top_k")
-            if not unset and (not isinstance(value, int) or value < 0):
+            if name not in unset and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}.")
@@ -115,15 +110,10 @@ class GenerationOptions:
 
 
 def read_generation_config(directory):
-    """Decoding defaults from a checkpoint's generation_config.json.
+    """The generate() options of a checkpoint's generation_config.json ({} without one).
 
-    Args:
-        directory: the checkpoint directory.
-
-    Returns:
-        A dict of the file's generate() options ({} when there is no file). The keys that
-        describe the model (eos_token_id, pad_token_id, ...) are left out: BLIP's own config
-        decides them (generation stops on sep_token_id, as in transformers).
+    Keys that describe the model (eos_token_id, pad_token_id, ...) are left out: BLIP's own
+    config decides them (generation stops on sep_token_id, as in transformers).
 
     Raises:
         ValueError: the file is not valid JSON.

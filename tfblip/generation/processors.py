@@ -1,7 +1,6 @@
-"""Logits processors as small objects, in transformers' order, applied by one function.
+"""Logits processors and sampling warpers as small objects, as transformers' classes.
 
-Each processor maps (N, vocab) scores and the decoding `History` to new scores, as
-transformers' LogitsProcessor / LogitsWarper classes of the same names do.
+Each maps (N, vocab) scores and the decoding `History` to new scores.
 """
 
 import dataclasses
@@ -13,11 +12,8 @@ NEG_INF = float("-inf")
 
 
 class History(NamedTuple):
-    """What processors see of the decoding so far.
-
-    sequences / valid: (N, T) tokens and where they are real; step: tokens generated so far;
-    column: where the next token goes; prompt_lengths: (N,) real prompt tokens per row.
-    """
+    """The decoding so far: (N, T) `sequences` and where they are `valid`, the `step` (tokens
+    generated), the `column` the next token goes to, and (N,) `prompt_lengths`."""
 
     sequences: tf.Tensor
     valid: tf.Tensor
@@ -36,13 +32,14 @@ def _token_presence(sequences, valid, vocab_size):
     return counts > 0
 
 
-def _eos_column(eos_token_id, vocab_size):
-    return tf.one_hot(eos_token_id, vocab_size, on_value=True, off_value=False)[None, :]
+def _ban_eos(scores, where, eos_token_id):
+    eos = tf.one_hot(eos_token_id, scores.shape[-1], on_value=True, off_value=False)[None, :]
+    return tf.where(where & eos, NEG_INF, scores)
 
 
 @dataclasses.dataclass(frozen=True)
 class RepetitionPenalty:
-    """Divides positive (multiplies negative) scores of tokens already in the row."""
+    """Divides positive (multiplies negative) scores of the tokens already in the row."""
 
     penalty: float
 
@@ -56,33 +53,30 @@ class RepetitionPenalty:
 class NoRepeatNGram:
     """Bans the tokens that would repeat an n-gram of the row."""
 
-    size: int
+    n: int
 
     def __call__(self, scores, history):
-        n, end, sequences = self.size, history.column, history.sequences
-        length = tf.shape(sequences)[1]
-        windows = tf.stack([sequences[:, k : length - n + 1 + k] for k in range(n)], axis=2)
-        window_valid = tf.reduce_all(
-            tf.stack([history.valid[:, k : length - n + 1 + k] for k in range(n)], axis=2), axis=2
-        )
-        window_valid &= (tf.range(length - n + 1) + n <= end)[None, :]
-        last = tf.gather(sequences, end - (n - 1) + tf.range(n - 1), axis=1)  # (N, n-1)
+        n, sequences, valid = self.n, history.sequences, history.valid
+        starts = tf.shape(sequences)[1] - n + 1
+        windows = tf.stack([sequences[:, k : starts + k] for k in range(n)], axis=2)
+        complete = tf.reduce_all(tf.stack([valid[:, k : starts + k] for k in range(n)], 2), 2)
+        complete &= (tf.range(starts) + n <= history.column)[None, :]
+        last = tf.gather(sequences, history.column - (n - 1) + tf.range(n - 1), axis=1)
         matches = tf.reduce_all(tf.equal(windows[:, :, : n - 1], last[:, None, :]), axis=2)
-        banned = _token_presence(windows[:, :, n - 1], matches & window_valid, scores.shape[-1])
+        banned = _token_presence(windows[:, :, n - 1], matches & complete, scores.shape[-1])
         return tf.where(banned, NEG_INF, scores)
 
 
 @dataclasses.dataclass(frozen=True)
 class MinLength:
-    """Bans eos while a row (prompt included) is shorter than `length`."""
+    """Bans eos while a row, prompt included, is shorter than `length`."""
 
     length: int
     eos_token_id: int
 
     def __call__(self, scores, history):
         too_short = (history.prompt_lengths + history.step < self.length)[:, None]
-        eos = _eos_column(self.eos_token_id, scores.shape[-1])
-        return tf.where(too_short & eos, NEG_INF, scores)
+        return _ban_eos(scores, too_short, self.eos_token_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +87,7 @@ class MinNewTokens:
     eos_token_id: int
 
     def __call__(self, scores, history):
-        eos = _eos_column(self.eos_token_id, scores.shape[-1])
-        return tf.where((history.step < self.count) & eos, NEG_INF, scores)
+        return _ban_eos(scores, history.step < self.count, self.eos_token_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +113,7 @@ class TopK:
 
 @dataclasses.dataclass(frozen=True)
 class TopP:
-    """Keeps the smallest set of best tokens whose probability reaches p (a sampling warper)."""
+    """Keeps the fewest best tokens whose probabilities reach p (a sampling warper)."""
 
     p: float
 
@@ -128,24 +121,15 @@ class TopP:
         order = tf.argsort(scores, axis=-1, direction="ASCENDING")
         ascending = tf.gather(scores, order, batch_dims=1)
         cumulative = tf.cumsum(tf.nn.softmax(ascending, axis=-1), axis=-1)
-        remove_sorted = cumulative <= 1.0 - self.p
-        # The best token always stays.
-        remove_sorted = tf.concat([remove_sorted[:, :-1], tf.zeros_like(remove_sorted[:, -1:])], 1)
-        remove = tf.gather(remove_sorted, tf.argsort(order, axis=-1), batch_dims=1)
+        remove = cumulative <= 1.0 - self.p
+        remove = tf.concat([remove[:, :-1], tf.zeros_like(remove[:, -1:])], 1)  # keeps the best
+        remove = tf.gather(remove, tf.argsort(order, axis=-1), batch_dims=1)
         return tf.where(remove, NEG_INF, scores)
 
 
 def logits_processors(options, eos_token_id):
-    """The processors `options` ask for, in transformers' order.
-
-    Args:
-        options: the call's GenerationOptions.
-        eos_token_id: the token that ends a row.
-
-    Returns:
-        A list of processors; with do_sample, the sampling warpers (temperature, top-k,
-        top-p) follow.
-    """
+    """The processors the GenerationOptions ask for, in transformers' order; with do_sample,
+    the sampling warpers (temperature, top-k, top-p) follow."""
     processors = []
     if options.repetition_penalty != 1.0:
         processors.append(RepetitionPenalty(options.repetition_penalty))
@@ -155,13 +139,12 @@ def logits_processors(options, eos_token_id):
         processors.append(MinLength(options.min_length, eos_token_id))
     if options.min_new_tokens:
         processors.append(MinNewTokens(options.min_new_tokens, eos_token_id))
-    if options.do_sample:
-        if options.temperature != 1.0:
-            processors.append(Temperature(options.temperature))
-        if options.top_k:
-            processors.append(TopK(options.top_k))
-        if options.top_p < 1.0:
-            processors.append(TopP(options.top_p))
+    if options.do_sample and options.temperature != 1.0:
+        processors.append(Temperature(options.temperature))
+    if options.do_sample and options.top_k:
+        processors.append(TopK(options.top_k))
+    if options.do_sample and options.top_p < 1.0:
+        processors.append(TopP(options.top_p))
     return processors
 
 

@@ -8,13 +8,12 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tfblip.generation.processors import History
+
 
 class Prompt(NamedTuple):
-    """The right-aligned prompts a search starts from (one row per beam or returned sequence).
-
-    ids / mask: (N, width) tokens and their mask; lengths: (N,) real tokens per row; allowed:
-    (N,) tokens each row may add; width: the prompt columns; max_new: the generated columns.
-    """
+    """Right-aligned prompts, one row per beam or returned sequence: (N, width) `ids` and
+    `mask`, (N,) `lengths` and `allowed` new tokens, `width` and `max_new` columns."""
 
     ids: tf.Tensor
     mask: tf.Tensor
@@ -23,15 +22,24 @@ class Prompt(NamedTuple):
     width: tf.Tensor
     max_new: object
 
+    def history(self, sequences, step):
+        """What processors see of (N, width + max_new) `sequences` after `step` new tokens.
+
+        Every column the loop wrote is real (rows that finished hold padding there, as in
+        transformers), so beams of one input share theirs: nothing to carry or reorder.
+        """
+        column = self.width + step
+        positions = tf.range(tf.shape(sequences)[1])
+        generated = (positions >= self.width) & (positions < column)
+        real_prompt = tf.pad(tf.cast(self.mask, tf.bool), [[0, 0], [0, self.max_new]])
+        return History(sequences, real_prompt | generated[None, :], step, column, self.lengths)
+
 
 def drop_last_token(input_ids, attention_mask):
-    """Each row without its last real token (the [SEP] a tokenizer appends).
+    """(ids, mask) without each row's last real token (the [SEP] a tokenizer appends).
 
-    transformers drops the last column; for right-padded rows this drops the row's own [SEP],
-    not a pad.
-
-    Returns:
-        (input_ids, attention_mask), one column narrower.
+    transformers drops the last column; for right-padded rows this drops the row's own
+    [SEP], not a pad.
     """
     lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1) - 1
     width = tf.shape(input_ids)[1] - 1
@@ -58,6 +66,6 @@ def to_transformers_layout(sequences, offsets, width, fill):
     return tf.where(inside, moved, fill)
 
 
-def written_at(column, total):
-    """(1, total) True at `column`: where a step writes its tokens."""
+def at_column(column, total):
+    """(1, total) True at `column`, where a step writes its tokens."""
     return tf.one_hot(column, total, on_value=True, off_value=False)[None, :]

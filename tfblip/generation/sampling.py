@@ -1,21 +1,11 @@
-"""Sampling: greedy search's loop with a seeded random choice.
-
-The warpers (temperature, top-k, top-p) are logits processors
-(`tfblip.generation.processors`); this draws from what they leave.
-"""
+"""Sampling: greedy search's loop with a seeded random choice (the warpers are processors)."""
 
 import tensorflow as tf
 
 
 def seeded_draw(seed):
-    """The sampling choice: one token per row from softmax(scores).
-
-    Args:
-        seed: int64 scalar tensor; with the step it seeds each draw, so a call is repeatable.
-
-    Returns:
-        `(scores, step) -> (N,) int32 tokens`, for `greedy_search`'s `choose`.
-    """
+    """`choose(scores, step)` for `greedy_search`: one token per row from softmax(scores),
+    seeded by the int64 `seed` tensor and the step, so a call is repeatable."""
 
     def choose(scores, step):
         step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
