@@ -10,6 +10,8 @@ final length. The model is reached through a decoder step (such as
 the last token, cache).
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -142,30 +144,17 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
             "embeddings (max_position_embeddings); lower max_new_tokens or max_length, or "
             "shorten the prompt."
         )
-    graph_options = options.graph_options()
-    if (graph_options, max_new) not in step.functions:
-
-        def run(encoder_states, encoder_mask, input_ids, attention_mask, seed):
-            return decode(
-                step,
-                encoder_states,
-                encoder_mask,
-                input_ids,
-                attention_mask,
-                graph_options,
-                seed,
-                max_new,
-            )
-
-        function = tf.function(run, jit_compile=options.jit_compile)
-        step.functions[graph_options, max_new] = function
+    key = (options.graph_options(), max_new)
+    if key not in step.functions:
+        run = functools.partial(decode, step, options=key[0], max_new=max_new)
+        step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
     seed = options.seed if options.seed is not None else int(np.random.randint(0, 2**31 - 1))
-    result = step.functions[graph_options, max_new](
+    result = step.functions[key](
         encoder_states,
         encoder_mask,
         tf.cast(input_ids, tf.int32),
         tf.cast(attention_mask, tf.int32),
-        tf.constant(seed, tf.int64),
+        seed=tf.constant(seed, tf.int64),
     )
     sequences = result["sequences"][:, : int(result["width"])]
     if not options.return_dict_in_generate:

@@ -20,7 +20,7 @@ class Prompt(NamedTuple):
     lengths: tf.Tensor
     allowed: tf.Tensor
     width: tf.Tensor
-    max_new: object
+    max_new: int | tf.Tensor
 
     def history(self, sequences, step):
         """What processors see of (N, width + max_new) `sequences` after `step` new tokens.
