@@ -598,3 +598,9 @@ def test_repeated_calls_reuse_the_traced_loop(caption):
     second = model.generate(pixels, max_new_tokens=5, num_beams=2)
     assert np.array_equal(first, second)
     assert {key: f.experimental_get_tracing_count() for key, f in functions.items()} == traced
+    # Per-call options (seed, return_dict_in_generate) reuse the same loop too.
+    third = model.generate(
+        pixels, max_new_tokens=5, num_beams=2, seed=3, return_dict_in_generate=True
+    )
+    assert np.array_equal(first, third.sequences)
+    assert {key: f.experimental_get_tracing_count() for key, f in functions.items()} == traced

@@ -2,13 +2,14 @@
 
 Clients send encoded images and strings; the graph decodes and preprocesses the images
 (`tfblip.ops.image`), tokenizes and detokenizes text (`tfblip.ops.text`) and generates with
-the same decoding code as `generate()` (`tfblip.generation.decode`), all with core TensorFlow
-ops: no XLA (stock TF Serving runs without it), no custom ops. Generation options are fixed at export
-time. Each signature also has a `*_from_pixels` variant for clients that preprocess
-themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask int32 instead
-of strings).
+the same decoding code as `generate()` (`tfblip.generation.decoding`), all with core
+TensorFlow ops: no XLA (stock TF Serving runs without it), no custom ops. Generation options
+are fixed at export time. Each signature also has a `*_from_pixels` variant for clients that
+preprocess themselves (pixel_values float32 (B, 3, H, W), and input_ids / attention_mask int32
+instead of strings).
 """
 
+import dataclasses
 import functools
 import io
 import json
@@ -21,7 +22,8 @@ import tensorflow as tf
 from PIL import Image
 
 from tfblip.export.warmup import write_warmup_requests
-from tfblip.generation import decode, resolve_options
+from tfblip.generation.decoding import decode
+from tfblip.generation.options import GenerationOptions
 from tfblip.modeling.blip import (
     TFBlipForConditionalGeneration,
     TFBlipForImageTextRetrieval,
@@ -29,6 +31,7 @@ from tfblip.modeling.blip import (
     TFBlipModel,
     all_ones_mask,
 )
+from tfblip.modeling.decoder_step import DecoderStep
 from tfblip.ops.image import preprocess_image_bytes
 from tfblip.ops.text import GraphTokenizer
 
@@ -98,8 +101,8 @@ def _generation_options(model, task, generation_options):
     for name, why in _UNEXPORTABLE_OPTIONS.items():
         if generation_options.get(name):
             raise ValueError(f"{name}=True cannot be exported: {why}.")
-    options = resolve_options(model.generation_defaults, generation_options)
-    if options["num_return_sequences"] != 1:
+    options = GenerationOptions.from_dicts(model.generation_defaults, generation_options)
+    if options.num_return_sequences != 1:
         raise ValueError(
             "num_return_sequences must be 1 in an export: each signature returns one text per "
             "input."
@@ -156,14 +159,14 @@ class _ServingFunctions:
         return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
     def _seed(self):
-        if self.options["seed"] is not None:
-            return tf.constant(self.options["seed"], tf.int64)
+        if self.options.seed is not None:
+            return tf.constant(self.options.seed, tf.int64)
         # Sampling without a fixed seed: a fresh one per request, as generate() does per call.
         return tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
 
     def _generate(self, encoder_states, encoder_mask, prompt_ids, prompt_mask, text_key):
         result = decode(
-            self.model.text_decoder,
+            DecoderStep(self.model.text_decoder),
             encoder_states,
             encoder_mask,
             prompt_ids,
@@ -384,7 +387,7 @@ def export_saved_model(
         model.config.save_pretrained(staging)
         info = {
             "task": task,
-            "generation_options": options,
+            "generation_options": dataclasses.asdict(options) if options else None,
             "max_text_length": max_text_length,
             "signatures": sorted(signatures),
         }

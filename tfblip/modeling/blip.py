@@ -6,8 +6,11 @@ import keras
 import tensorflow as tf
 
 from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
-from tfblip.generation import drop_last_token, generate, resolve_options
+from tfblip.generation.decoding import generate
+from tfblip.generation.options import GenerationOptions
+from tfblip.generation.prompts import drop_last_token
 from tfblip.modeling.common import ConfigSerializable, dense
+from tfblip.modeling.decoder_step import DecoderStep
 from tfblip.modeling.multi_worker_fit import MultiWorkerFitMixin
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.modeling.text import (
@@ -178,7 +181,7 @@ class _GeneratingTaskModel(_BlipTaskModel):
     def __init__(self, config, generation_defaults=None, **kwargs):
         super().__init__(config, **kwargs)
         generation_defaults = dict(generation_defaults or {})
-        resolve_options({}, generation_defaults)  # unknown or invalid options raise now
+        GenerationOptions.from_dicts(generation_defaults, {})  # unknown or invalid ones raise now
         self.generation_defaults = generation_defaults
 
     def get_config(self):
@@ -386,7 +389,7 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         jit_compile (XLA). Rows with prompts of different lengths (right-padded, with their
         attention_mask) decode as they would alone.
         """
-        options = resolve_options(self.generation_defaults, options)
+        options = GenerationOptions.from_dicts(self.generation_defaults, options)
         pixel_values, input_ids = self._checked_generate_inputs(
             pixel_values, input_ids, interpolate_pos_encoding
         )
@@ -405,7 +408,7 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
             tf.shape(image_embeds)[0], input_ids, attention_mask
         )
         return generate(
-            self.text_decoder,
+            DecoderStep(self.text_decoder),
             image_embeds,
             all_ones_mask(image_embeds),
             prompt_ids,
@@ -559,7 +562,7 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         cross-attends to the question states under the question's attention mask, so padded
         questions in a batch answer as they would alone (transformers attends to the padding).
         """
-        options = resolve_options(self.generation_defaults, options)
+        options = GenerationOptions.from_dicts(self.generation_defaults, options)
         pixel_values, input_ids = self._checked_generate_inputs(
             pixel_values, input_ids, interpolate_pos_encoding
         )
@@ -579,7 +582,7 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         text_config = self.config.text_config
         bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
         return generate(
-            self.text_decoder,
+            DecoderStep(self.text_decoder),
             question_embeds,
             attention_mask,
             bos_ids,

@@ -1,0 +1,169 @@
+"""The decoding after the encoders: prompt layout, the search the options pick, the result.
+
+The token loop runs in one `tf.function` (a `tf.while_loop`), optionally compiled with XLA,
+with plain TensorFlow ops and static shapes; self-attention keys/values live in buffers of the
+final length. The model is reached through a decoder step (such as
+`tfblip.modeling.decoder_step.DecoderStep`): an object with `eos_token_id`, `pad_token_id`,
+`max_positions`, `functions` (a dict keeping the compiled loops as long as the model),
+`empty_cache(rows, length)` and `bind(encoder_states, encoder_mask)`, which returns
+`next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32 logits of
+the last token, cache).
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+from tfblip.generation.beam import beam_fill, beam_search
+from tfblip.generation.greedy import argmax, greedy_search
+from tfblip.generation.processors import logits_processors
+from tfblip.generation.prompts import Prompt, align_right, to_transformers_layout
+from tfblip.generation.sampling import seeded_draw
+from tfblip.outputs import register_output
+
+# With neither max_length nor max_new_tokens set, transformers 5 generates this many new tokens
+# (its "model-agnostic default"), within the position embeddings.
+DEFAULT_NEW_TOKENS = 20
+
+GenerateOutput = register_output(
+    "GenerateOutput",
+    ["sequences", "scores", "sequences_scores"],
+    "Output of generate(return_dict_in_generate=True): the token ids, the processed scores of "
+    "each step (output_scores=True) and, for beam search, each sequence's final score.",
+)
+
+
+def allowed_new_tokens(lengths, options, max_positions):
+    """(N,) how many tokens each row may add: max_new_tokens, else max_length minus the
+    prompt, else transformers' default of 20 within the position embeddings."""
+    if options.max_new_tokens is not None:
+        return tf.fill(tf.shape(lengths), options.max_new_tokens)
+    if options.max_length is not None:
+        return options.max_length - lengths
+    return tf.minimum(DEFAULT_NEW_TOKENS, max_positions - lengths)
+
+
+def decode(
+    step, encoder_states, encoder_mask, input_ids, attention_mask, options, seed, max_new=None
+):
+    """The whole decoding after the encoders, as TensorFlow ops (traceable, no Python values).
+
+    Args:
+        step: the decoder step (see the module docstring).
+        encoder_states: (B, S, D) states the decoder cross-attends to; encoder_mask: (B, S).
+        input_ids: (B, P) prompts starting with bos, without [SEP], right-padded under
+            attention_mask (B, P).
+        options: the GenerationOptions.
+        seed: an int64 scalar tensor, for sampling.
+        max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
+            None to take it from the data in the graph (SavedModel export).
+
+    Returns:
+        A dict: "sequences" laid out as transformers does (each row's prompt, its new tokens,
+        then padding; columns from "width" on are padding to cut), "width", "steps", "scores"
+        (steps, rows, vocab) with output_scores, and "sequences_scores" for beam search.
+    """
+    token_ids = (step.eos_token_id, step.pad_token_id)
+    ids, mask, offsets = align_right(
+        tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32), step.pad_token_id
+    )
+    lengths = tf.reduce_sum(mask, axis=1)
+    allowed = allowed_new_tokens(lengths, options, step.max_positions)
+    if max_new is None:
+        max_new = tf.reduce_max(allowed)
+        tf.debugging.assert_positive(
+            max_new, message="The prompt leaves no room to generate within max_length."
+        )
+    width = tf.shape(ids)[1]
+    copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
+    # One row per beam or returned sequence.
+    ids, mask, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
+        tf.repeat(x, copies, axis=0)
+        for x in (ids, mask, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
+    )
+    prompt = Prompt(ids, mask, lengths, allowed, width, max_new)
+    next_logits = step.bind(encoder_states, encoder_mask)
+    full_mask = tf.pad(mask, [[0, 0], [0, max_new]], constant_values=1)
+
+    def extend(tokens, column, cache, prefill=False):
+        positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
+        return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
+
+    logits, cache = extend(
+        ids, 0, step.empty_cache(tf.shape(ids)[0], width + max_new), prefill=True
+    )
+    search = (prompt, logits, cache, extend, logits_processors(options, step.eos_token_id))
+    if options.num_beams > 1:
+        result = beam_search(*search, token_ids, options)
+        result["width"] = width + tf.reduce_max(result["generated"])
+        fill, returned = beam_fill(token_ids), options.num_return_sequences
+    else:
+        choose = seeded_draw(seed) if options.do_sample else argmax
+        result = greedy_search(*search, choose, token_ids, options.output_scores)
+        result["width"] = width + result["steps"]
+        fill, returned = step.pad_token_id, copies
+    # Laid out at the full width, a static shape for XLA; callers cut it to "width".
+    result["sequences"] = to_transformers_layout(
+        result["sequences"], tf.repeat(offsets, returned, axis=0), width + max_new, fill
+    )
+    return result
+
+
+def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
+    """`decode` run eagerly, returning what transformers' generate returns.
+
+    One tf.function per graph-shaping options (`options.graph_options()`) and length is kept
+    in `step.functions` and reused.
+
+    Args:
+        step, encoder_states, encoder_mask, input_ids, attention_mask, options: as `decode`.
+
+    Returns:
+        The int32 token ids, or a GenerateOutput with return_dict_in_generate.
+
+    Raises:
+        ValueError: the prompt leaves no room to generate, or generating needs more positions
+            than the model has.
+    """
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    allowed = allowed_new_tokens(lengths, options, step.max_positions)
+    max_new, prompt_length = int(tf.reduce_max(allowed)), int(tf.reduce_max(lengths))
+    if max_new < 1:
+        raise ValueError(
+            f"The prompt ({prompt_length} tokens with bos) leaves no room to generate "
+            f"(max_length={options.max_length}); raise max_length or pass max_new_tokens."
+        )
+    # Checked here, once: in the loop a position past the table fails as a gather error.
+    needed = int(tf.reduce_max(lengths + allowed))
+    if needed > step.max_positions:
+        raise ValueError(
+            f"Generating {max_new} tokens (max_new_tokens={options.max_new_tokens}, "
+            f"max_length={options.max_length}) after the prompt ({prompt_length} tokens with "
+            f"bos) needs {needed} positions, but the model has {step.max_positions} position "
+            "embeddings (max_position_embeddings); lower max_new_tokens or max_length, or "
+            "shorten the prompt."
+        )
+    key = (options.graph_options(), max_new)
+    if key not in step.functions:
+        run = functools.partial(decode, step, options=key[0], max_new=max_new)
+        step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
+    seed = options.seed if options.seed is not None else int(np.random.randint(0, 2**31 - 1))
+    result = step.functions[key](
+        encoder_states,
+        encoder_mask,
+        tf.cast(input_ids, tf.int32),
+        tf.cast(attention_mask, tf.int32),
+        seed=tf.constant(seed, tf.int64),
+    )
+    sequences = result["sequences"][:, : int(result["width"])]
+    if not options.return_dict_in_generate:
+        return sequences
+    if not options.output_scores:
+        return GenerateOutput(sequences=sequences, scores=None, sequences_scores=None)
+    steps = int(result["steps"])
+    return GenerateOutput(
+        sequences=sequences,
+        scores=tuple(tf.unstack(result["scores"][:steps], num=steps)),
+        sequences_scores=result.get("sequences_scores"),
+    )

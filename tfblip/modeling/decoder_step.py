@@ -1,0 +1,68 @@
+"""BLIP's text decoder as the step tfblip.generation decodes with: next-token logits + cache."""
+
+import tensorflow as tf
+
+
+class DecoderStep:
+    """The text decoder of a captioning or VQA model, as `tfblip.generation` calls it.
+
+    Args:
+        lm_head: the model's TFBlipTextLMHeadModel (its `text_decoder`).
+    """
+
+    def __init__(self, lm_head):
+        config = lm_head.config
+        self.lm_head = lm_head
+        self.eos_token_id = int(config.sep_token_id)  # as transformers, BLIP stops at [SEP]
+        self.pad_token_id = int(config.pad_token_id or 0)
+        self.max_positions = config.max_position_embeddings
+        # The compiled decoding loops live as long as the model, outside Keras' tracking.
+        self.functions = lm_head.__dict__.setdefault("_tfblip_generate_functions", {})
+
+    def empty_cache(self, rows, length):
+        """Zero self-attention key/value buffers of `length` positions, one pair per layer."""
+        config = self.lm_head.config
+        heads = config.num_attention_heads
+        shape = (rows, heads, length, config.hidden_size // heads)
+        zeros = tf.zeros(shape, self.lm_head.compute_dtype)
+        return tuple((zeros, zeros) for _ in range(config.num_hidden_layers))
+
+    def bind(self, encoder_states, encoder_mask):
+        """The next-token function of one decoding over these encoder states.
+
+        Args:
+            encoder_states: (N, S, D) states the decoder cross-attends to.
+            encoder_mask: (N, S) their attention mask.
+
+        Returns:
+            `next_logits(tokens, positions, attention_mask, column, cache, prefill)`: runs the
+            decoder on (N, T) `tokens` at `positions` written into the cache from `column`, and
+            returns the float32 (N, vocab) logits of the last token and the updated cache. The
+            `prefill` call computes the cross-attention keys/values the later calls reuse.
+        """
+        lm_head = self.lm_head
+        predictions = lm_head.cls.predictions
+        # Once per decoding, outside the token loop.
+        kernel, bias = predictions.decoding_projection(
+            lm_head.bert.embeddings.word_embeddings.embeddings
+        )
+        encoder_states = tf.cast(encoder_states, lm_head.compute_dtype)
+        encoder_mask = tf.cast(encoder_mask, tf.int32)
+
+        def next_logits(tokens, positions, attention_mask, column, cache, prefill):
+            outputs = lm_head.bert(
+                input_ids=tokens,
+                attention_mask=attention_mask,
+                position_ids=positions,
+                encoder_hidden_states=encoder_states if prefill else None,
+                encoder_attention_mask=encoder_mask,
+                past_key_values=cache,
+                cache_position=column,
+                use_cache=True,
+                is_decoder=True,
+            )
+            # Only the last position's logits are needed, also after the prompt.
+            logits = predictions.project(outputs.last_hidden_state[:, -1], kernel, bias)
+            return tf.cast(logits, tf.float32), outputs.past_key_values
+
+        return next_logits
