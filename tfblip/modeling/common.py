@@ -68,3 +68,25 @@ class ConfigSerializable:
         config = dict(config)
         config["config"] = cls.config_class.from_dict(config["config"])
         return cls(**config)
+
+
+def run_layers(layers, hidden_states, layer_arguments):
+    """Runs transformer blocks one after another, collecting what each returns.
+
+    Args:
+        layers: the blocks; each returns (hidden_states, *outputs), the same outputs each.
+        hidden_states: the first block's input.
+        layer_arguments: one dict of keyword arguments per block.
+
+    Returns:
+        (hidden_states, all_hidden_states, outputs): the last block's hidden states; the
+        first block's input followed by every block's hidden states; and per output of the
+        blocks (e.g. attention probabilities), a tuple of it across blocks.
+    """
+    all_hidden_states = [hidden_states]
+    outputs = []
+    for layer, arguments in zip(layers, layer_arguments, strict=True):
+        hidden_states, *layer_outputs = layer(hidden_states, **arguments)
+        all_hidden_states.append(hidden_states)
+        outputs.append(layer_outputs)
+    return hidden_states, tuple(all_hidden_states), tuple(zip(*outputs))

@@ -1,0 +1,203 @@
+"""One multi-head attention for both towers, with one key/value cache layout.
+
+`MultiHeadAttention` serves the vision self-attention (one fused `qkv` projection and an
+output `projection`), the text self-attention and the text cross-attention (separate `query`,
+`key` and `value` projections; the text output dense lives in the layer after it).
+
+The cache of one attention is a pair of key and value tensors, (B, heads, L, head_dim):
+
+* With a write index, the new keys/values are written into the fixed-size buffers at that
+  index and attention reads the whole buffers; a mask hides the positions not written yet.
+  Self-attention uses this while decoding.
+* Without a write index, the cache is used as it is, and no keys/values are computed: the
+  cross-attention keys/values of the image, computed on the first decoding call and reused.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfblip.modeling.common import dense, masked_softmax
+
+
+def write_at(buffer, states, index):
+    """`buffer` (B, H, L, D) with `states` (B, H, T, D) written at positions index..index+T-1.
+
+    A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
+    untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
+
+    Args:
+        buffer: the cached keys or values, (batch, heads, length, head_dim).
+        states: the new keys or values, (batch, heads, new_length, head_dim).
+        index: the position of the first new entry, a scalar (Python int or int32 tensor).
+
+    Returns:
+        The buffer with the new entries written, same shape as `buffer`.
+    """
+    length = tf.shape(buffer)[2]
+    if states.shape[2] == 1:  # one decoding step: a single select
+        at_index = tf.equal(tf.range(length), index)[None, None, :, None]
+        return tf.where(at_index, states, buffer)
+    positions = index + tf.range(tf.shape(states)[2])
+    one_hot = tf.one_hot(positions, length, dtype=buffer.dtype)  # (T, L)
+    written = tf.einsum("tl,bhtd->bhld", one_hot, states)
+    keep = 1.0 - tf.reduce_sum(one_hot, axis=0)
+    return buffer * keep[None, None, :, None] + written
+
+
+def extended(buffer, new_length):
+    """`buffer` (B, H, L, D) with `new_length` zero positions appended, to write new keys into."""
+    return tf.pad(buffer, [[0, 0], [0, 0], [0, new_length], [0, 0]])
+
+
+class MultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product attention over several heads, with an optional key/value cache.
+
+    Sublayers are named after the PyTorch modules they mirror (`qkv`, `projection`, `query`,
+    `key`, `value`), so checkpoints map to them by name.
+
+    Args:
+        hidden_size: width of the queries' input and of the output.
+        num_heads: number of attention heads; `hidden_size` must divide by it.
+        dropout_rate: dropout on the attention probabilities while training.
+        initializer_range: standard deviation of the projections' initial kernels.
+        key_value_size: width of the keys' and values' input when it is not the queries'
+            (cross-attention reads the image states); None for `hidden_size`.
+        fused_qkv: one `qkv` projection to 3 * hidden_size (the vision tower) instead of
+            separate `query`, `key` and `value` ones. Self-attention only.
+        output_projection: end with a `projection` Dense (the vision tower).
+        **kwargs: Keras layer arguments (`name`, `dtype`).
+
+    Raises:
+        ValueError: `fused_qkv` together with a `key_value_size`.
+    """
+
+    def __init__(
+        self,
+        hidden_size,
+        num_heads,
+        dropout_rate,
+        initializer_range,
+        key_value_size=None,
+        fused_qkv=False,
+        output_projection=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if fused_qkv and key_value_size is not None:
+            raise ValueError("A fused qkv projection reads one input: no key_value_size.")
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout_rate = dropout_rate
+        self.initializer_range = initializer_range
+        self.key_value_size = key_value_size
+        self.fused_qkv = fused_qkv
+        self.output_projection = output_projection
+
+        def projection(units, name):
+            return dense(units, name, initializer_range, self.dtype_policy)
+
+        # Unused projections stay None: attribute names are also the `.keras` weight paths.
+        self.qkv = projection(3 * hidden_size, "qkv") if fused_qkv else None
+        self.query = None if fused_qkv else projection(hidden_size, "query")
+        self.key = None if fused_qkv else projection(hidden_size, "key")
+        self.value = None if fused_qkv else projection(hidden_size, "value")
+        self.projection = projection(hidden_size, "projection") if output_projection else None
+        self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "dropout_rate": self.dropout_rate,
+            "initializer_range": self.initializer_range,
+            "key_value_size": self.key_value_size,
+            "fused_qkv": self.fused_qkv,
+            "output_projection": self.output_projection,
+        }
+
+    def build(self, input_shape=None):
+        key_value_width = self.key_value_size or self.hidden_size
+        if self.fused_qkv:
+            self.qkv.build((None, self.hidden_size))
+        else:
+            self.query.build((None, self.hidden_size))
+            self.key.build((None, key_value_width))
+            self.value.build((None, key_value_width))
+        if self.output_projection:
+            self.projection.build((None, self.hidden_size))
+
+    def split_heads(self, states):
+        """(B, T, H*D) -> (B, H, T, D)."""
+        batch_size = tf.shape(states)[0]
+        states = tf.reshape(states, (batch_size, -1, self.num_heads, self.head_dim))
+        return tf.transpose(states, (0, 2, 1, 3))
+
+    def _projections(self, hidden_states, key_value_states, needs_key_value):
+        """Query, key and value split into heads; key and value None when not needed."""
+        if self.fused_qkv:
+            query, key, value = tf.split(self.qkv(hidden_states), 3, axis=-1)
+            return self.split_heads(query), self.split_heads(key), self.split_heads(value)
+        query = self.split_heads(self.query(hidden_states))
+        if not needs_key_value:
+            return query, None, None
+        source = hidden_states if key_value_states is None else key_value_states
+        return query, self.split_heads(self.key(source)), self.split_heads(self.value(source))
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask=None,
+        key_value_states=None,
+        cache=None,
+        cache_index=None,
+        training=False,
+    ):
+        """Attends from `hidden_states` to themselves or to `key_value_states`.
+
+        Args:
+            hidden_states: the queries' input, (B, T, hidden_size).
+            attention_mask: boolean keep mask broadcastable to (B, heads, T, keys), or None.
+            key_value_states: the keys' and values' input for cross-attention, (B, S,
+                key_value_size); None for self-attention.
+            cache: None, or (keys, values), each (B, heads, L, head_dim): fixed-size buffers
+                when `cache_index` is given, else keys/values to use as they are.
+            cache_index: where the new keys/values go in the `cache` buffers.
+            training: applies dropout when True.
+
+        Returns:
+            (output, probabilities, (keys, values)): the output (B, T, hidden_size), the
+            attention probabilities (B, heads, T, keys) and the keys/values attended to,
+            which are the cache to pass on.
+        """
+        reuse_cache = cache is not None and cache_index is None
+        query, key, value = self._projections(
+            hidden_states, key_value_states, needs_key_value=not reuse_cache
+        )
+        if reuse_cache:
+            key, value = cache
+        elif cache is not None:
+            key = write_at(cache[0], key, cache_index)
+            value = write_at(cache[1], value, cache_index)
+        scale = tf.cast(self.head_dim**-0.5, query.dtype)
+        single_query = query.shape[2] == 1
+        if single_query:
+            # One new token per step while decoding: a broadcast product and sum is much
+            # cheaper on CPU than oneDNN's batched matmul for such thin shapes.
+            scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :] * scale
+        else:
+            scores = tf.matmul(query, key, transpose_b=True) * scale
+        probs = masked_softmax(scores, attention_mask)
+        dropped = self.dropout(probs, training=training)
+        if single_query:
+            context = tf.reduce_sum(dropped[:, :, 0, :, None] * value, axis=2)[:, :, None, :]
+        else:
+            context = tf.matmul(dropped, value)
+        batch_size = tf.shape(context)[0]
+        context = tf.reshape(
+            tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.hidden_size)
+        )
+        if self.output_projection:
+            context = self.projection(context)
+        return context, probs, (key, value)
