@@ -1,16 +1,9 @@
 """One multi-head attention for both towers, with one key/value cache layout.
 
-`MultiHeadAttention` serves the vision self-attention (one fused `qkv` projection and an
-output `projection`), the text self-attention and the text cross-attention (separate `query`,
-`key` and `value` projections; the text output dense lives in the layer after it).
-
-The cache of one attention is a pair of key and value tensors, (B, heads, L, head_dim):
-
-* With a write index, the new keys/values are written into the fixed-size buffers at that
-  index and attention reads the whole buffers; a mask hides the positions not written yet.
-  Self-attention uses this while decoding.
-* Without a write index, the cache is used as it is, and no keys/values are computed: the
-  cross-attention keys/values of the image, computed on the first decoding call and reused.
+A cache is (keys, values), each (B, heads, L, head_dim). Given a write index, the new
+keys/values are written into these fixed-size buffers there (decoder self-attention; a mask
+hides what is not written yet). Without one, the cache is used as it is and no keys/values
+are computed (the image's cross-attention keys/values, computed on the first decoding call).
 """
 
 import keras
@@ -44,31 +37,35 @@ def write_at(buffer, states, index):
     return buffer * keep[None, None, :, None] + written
 
 
-def extended(buffer, new_length):
-    """`buffer` (B, H, L, D) with `new_length` zero positions appended, to write new keys into."""
-    return tf.pad(buffer, [[0, 0], [0, 0], [0, new_length], [0, 0]])
+def with_room(cache, new_length):
+    """(keys, values) with `new_length` zero positions appended, to write new ones into.
+
+    Args:
+        cache: (keys, values), each (B, heads, L, head_dim).
+        new_length: how many positions to append.
+
+    Returns:
+        (keys, values), each (B, heads, L + new_length, head_dim).
+    """
+    room = [[0, 0], [0, 0], [0, new_length], [0, 0]]
+    return tuple(tf.pad(states, room) for states in cache)
 
 
 class MultiHeadAttention(keras.layers.Layer):
     """Scaled dot-product attention over several heads, with an optional key/value cache.
 
-    Sublayers are named after the PyTorch modules they mirror (`qkv`, `projection`, `query`,
-    `key`, `value`), so checkpoints map to them by name.
+    Sublayers are named after the PyTorch modules they mirror, so checkpoints map by name.
 
     Args:
         hidden_size: width of the queries' input and of the output.
-        num_heads: number of attention heads; `hidden_size` must divide by it.
+        num_heads: number of attention heads.
         dropout_rate: dropout on the attention probabilities while training.
         initializer_range: standard deviation of the projections' initial kernels.
-        key_value_size: width of the keys' and values' input when it is not the queries'
-            (cross-attention reads the image states); None for `hidden_size`.
-        fused_qkv: one `qkv` projection to 3 * hidden_size (the vision tower) instead of
-            separate `query`, `key` and `value` ones. Self-attention only.
-        output_projection: end with a `projection` Dense (the vision tower).
+        key_value_size: width of the keys' and values' input when it differs from
+            hidden_size (cross-attention reads the image states).
+        fused_qkv: one `qkv` projection (vision) instead of `query`, `key` and `value`.
+        output_projection: end with a `projection` Dense (vision).
         **kwargs: Keras layer arguments (`name`, `dtype`).
-
-    Raises:
-        ValueError: `fused_qkv` together with a `key_value_size`.
     """
 
     def __init__(
@@ -83,8 +80,6 @@ class MultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if fused_qkv and key_value_size is not None:
-            raise ValueError("A fused qkv projection reads one input: no key_value_size.")
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
@@ -137,8 +132,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def _projections(self, hidden_states, key_value_states, needs_key_value):
         """Query, key and value split into heads; key and value None when not needed."""
         if self.fused_qkv:
-            query, key, value = tf.split(self.qkv(hidden_states), 3, axis=-1)
-            return self.split_heads(query), self.split_heads(key), self.split_heads(value)
+            return [self.split_heads(t) for t in tf.split(self.qkv(hidden_states), 3, axis=-1)]
         query = self.split_heads(self.query(hidden_states))
         if not needs_key_value:
             return query, None, None
@@ -158,18 +152,15 @@ class MultiHeadAttention(keras.layers.Layer):
 
         Args:
             hidden_states: the queries' input, (B, T, hidden_size).
-            attention_mask: boolean keep mask broadcastable to (B, heads, T, keys), or None.
-            key_value_states: the keys' and values' input for cross-attention, (B, S,
-                key_value_size); None for self-attention.
-            cache: None, or (keys, values), each (B, heads, L, head_dim): fixed-size buffers
-                when `cache_index` is given, else keys/values to use as they are.
+            attention_mask: boolean keep mask, broadcastable to (B, heads, T, keys).
+            key_value_states: the keys' and values' input (cross-attention), or None.
+            cache: None, or (keys, values): buffers to write at `cache_index`, else used as is.
             cache_index: where the new keys/values go in the `cache` buffers.
             training: applies dropout when True.
 
         Returns:
-            (output, probabilities, (keys, values)): the output (B, T, hidden_size), the
-            attention probabilities (B, heads, T, keys) and the keys/values attended to,
-            which are the cache to pass on.
+            (output (B, T, hidden_size), probabilities (B, heads, T, keys), (keys, values)
+            attended to: the cache to pass on).
         """
         reuse_cache = cache is not None and cache_index is None
         query, key, value = self._projections(

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfblip.checkpoint import PretrainedMixin
 from tfblip.configuration import BlipTextConfig
-from tfblip.modeling.attention import MultiHeadAttention, extended
+from tfblip.modeling.attention import MultiHeadAttention, with_room
 from tfblip.modeling.common import (
     ConfigSerializable,
     dense,
@@ -555,8 +555,7 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
                 # past_length. The cache returned is then the given one grown by them, as in
                 # transformers.
                 past_key_values = tuple(
-                    (extended(key, query_length), extended(value, query_length), *cross)
-                    for key, value, *cross in past_key_values
+                    (*with_room(layer[:2], query_length), *layer[2:]) for layer in past_key_values
                 )
                 cache_position = past_length
             key_length = tf.shape(past_key_values[0][0])[2]
