@@ -13,18 +13,18 @@ from tfblip.modeling.common import dense, masked_softmax
 
 
 def write_at(buffer, states, index):
-    """`buffer` (B, H, L, D) with `states` (B, H, T, D) written at positions index..index+T-1.
+    """`buffer` with `states` written at positions index..index+T-1.
 
     A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
     untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
 
     Args:
-        buffer: the cached keys or values, (batch, heads, length, head_dim).
-        states: the new keys or values, (batch, heads, new_length, head_dim).
-        index: the position of the first new entry, a scalar (Python int or int32 tensor).
+        buffer: cached keys or values, (B, heads, L, head_dim).
+        states: new keys or values, (B, heads, T, head_dim).
+        index: position of the first new entry: a Python int or an int32 scalar tensor.
 
     Returns:
-        The buffer with the new entries written, same shape as `buffer`.
+        The updated buffer, (B, heads, L, head_dim).
     """
     length = tf.shape(buffer)[2]
     if states.shape[2] == 1:  # one decoding step: a single select
@@ -38,10 +38,11 @@ def write_at(buffer, states, index):
 
 
 def with_room(cache, new_length):
-    """(keys, values) with `new_length` zero positions appended, to write new ones into.
+    """(keys, values), each (B, heads, L, head_dim), with `new_length` zero positions appended
+    to write new keys/values into.
 
     Args:
-        cache: (keys, values), each (B, heads, L, head_dim).
+        cache: (keys, values).
         new_length: how many positions to append.
 
     Returns:

@@ -71,7 +71,7 @@ class ConfigSerializable:
 
 
 def run_layers(layers, hidden_states, layer_arguments):
-    """Runs transformer blocks one after another, collecting what each returns.
+    """Runs transformer blocks one after another.
 
     Args:
         layers: the blocks; each returns (hidden_states, *outputs), the same outputs each.
@@ -79,12 +79,10 @@ def run_layers(layers, hidden_states, layer_arguments):
         layer_arguments: one dict of keyword arguments per block.
 
     Returns:
-        (hidden_states, all_hidden_states, outputs): the last block's hidden states; the
-        first block's input followed by every block's hidden states; and per output of the
-        blocks (e.g. attention probabilities), a tuple of it across blocks.
+        (last hidden states, (input, each block's hidden states), a tuple across blocks per
+        output, e.g. the attention probabilities).
     """
-    all_hidden_states = [hidden_states]
-    outputs = []
+    all_hidden_states, outputs = [hidden_states], []
     for layer, arguments in zip(layers, layer_arguments, strict=True):
         hidden_states, *layer_outputs = layer(hidden_states, **arguments)
         all_hidden_states.append(hidden_states)
