@@ -177,6 +177,8 @@ def test_text_decoder_cache_matches_full_forward(text_pair):
             use_cache=True,
         )
         cache = out.past_key_values
+        # As transformers: the self-attention entries grow by the new token, the cross ones stay.
+        assert [t.shape[2] for t in cache[0]] == [step + 1, step + 1, 11, 11]
         pieces.append(out.last_hidden_state)
     assert_close(np.concatenate(pieces, axis=1), full.last_hidden_state.numpy(), atol=1e-5)
 

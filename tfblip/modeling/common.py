@@ -68,3 +68,23 @@ class ConfigSerializable:
         config = dict(config)
         config["config"] = cls.config_class.from_dict(config["config"])
         return cls(**config)
+
+
+def run_layers(layers, hidden_states, layer_arguments):
+    """Runs transformer blocks one after another.
+
+    Args:
+        layers: the blocks; each returns (hidden_states, *outputs), the same outputs each.
+        hidden_states: the first block's input.
+        layer_arguments: one dict of keyword arguments per block.
+
+    Returns:
+        (last hidden states, (input, each block's hidden states), a tuple across blocks per
+        output, e.g. the attention probabilities).
+    """
+    all_hidden_states, outputs = [hidden_states], []
+    for layer, arguments in zip(layers, layer_arguments, strict=True):
+        hidden_states, *layer_outputs = layer(hidden_states, **arguments)
+        all_hidden_states.append(hidden_states)
+        outputs.append(layer_outputs)
+    return hidden_states, tuple(all_hidden_states), tuple(zip(*outputs))

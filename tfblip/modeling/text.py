@@ -3,8 +3,10 @@
 The same layers serve as a bidirectional encoder (ITM/VQA question encoder, TFBlipModel) and
 as a causal decoder (captioning, VQA answers). Decoding carries a cache per layer:
 `(self_key, self_value)` plus `(cross_key, cross_value)` when the layer cross-attends. The
-self-attention entries grow by the new tokens each step; the cross-attention entries are
-computed once from the encoder states on the first step and reused afterwards.
+self-attention entries are buffers the new keys/values are written into at `cache_position`
+(generate() sizes them for the whole output; transformers-style stepping without
+`cache_position` gets them grown by the new tokens each call); the cross-attention entries
+are computed once from the encoder states on the first step and reused afterwards.
 
 Every sublayer's Keras `name` is the attribute name of the PyTorch module it mirrors.
 Where Keras reserves the attribute (`output`), the Python attribute differs but the name
@@ -15,12 +17,13 @@ import keras
 import tensorflow as tf
 
 from tfblip.configuration import BlipTextConfig
+from tfblip.modeling.attention import MultiHeadAttention, with_room
 from tfblip.modeling.common import (
     ConfigSerializable,
     dense,
     get_activation,
     layer_norm,
-    masked_softmax,
+    run_layers,
 )
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import (
@@ -98,124 +101,31 @@ class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
         return self.dropout(self.LayerNorm(embeddings), training=training)
 
 
-def write_to_cache(cache, states, position):
-    """`cache` (B, H, L, D) with `states` (B, H, T, D) written at positions position..+T.
+class BlipTextOutput(ConfigSerializable, keras.layers.Layer):
+    """LayerNorm(dropout(dense(x)) + residual), closing an attention or feed-forward sublayer.
 
-    A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
-    untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
-    """
-    length = tf.shape(cache)[2]
-    if states.shape[2] == 1:  # one decoding step: a single select
-        at_position = tf.equal(tf.range(length), position)[None, None, :, None]
-        return tf.where(at_position, states, cache)
-    positions = position + tf.range(tf.shape(states)[2])
-    one_hot = tf.one_hot(positions, length, dtype=cache.dtype)  # (T, L)
-    written = tf.einsum("tl,bhtd->bhld", one_hot, states)
-    keep = 1.0 - tf.reduce_sum(one_hot, axis=0)
-    return cache * keep[None, None, :, None] + written
-
-
-class BlipTextSelfAttention(ConfigSerializable, keras.layers.Layer):
-    """Scaled dot-product attention over the text itself or, for cross-attention, the image.
-
-    Returns the context, the attention probabilities and this layer's cache entry.
+    Args:
+        config: the text config.
+        input_size: width of `x`: hidden_size after attention, intermediate_size after the
+            feed-forward dense.
+        **kwargs: Keras layer arguments (`name`, `dtype`).
     """
 
     config_class = BlipTextConfig
 
-    def __init__(self, config, is_cross_attention=False, **kwargs):
+    def __init__(self, config, input_size, **kwargs):
         super().__init__(**kwargs)
         self.config = config
-        self.is_cross_attention = is_cross_attention
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-        init = config.initializer_range
-        self.query = dense(config.hidden_size, "query", init, self.dtype_policy)
-        self.key = dense(config.hidden_size, "key", init, self.dtype_policy)
-        self.value = dense(config.hidden_size, "value", init, self.dtype_policy)
-        self.dropout = keras.layers.Dropout(
-            config.attention_probs_dropout_prob, dtype=self.dtype_policy
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
-
-    def build(self, input_shape=None):
-        key_width = (
-            self.config.encoder_hidden_size if self.is_cross_attention else self.config.hidden_size
-        )
-        self.query.build((None, self.config.hidden_size))
-        self.key.build((None, key_width))
-        self.value.build((None, key_width))
-
-    def split_heads(self, states):
-        """(B, T, H*D) -> (B, H, T, D)."""
-        batch_size = tf.shape(states)[0]
-        states = tf.reshape(states, (batch_size, -1, self.num_heads, self.head_dim))
-        return tf.transpose(states, (0, 2, 1, 3))
-
-    def key_value(self, states):
-        """Keys and values of `states`, split into heads: the cacheable part of attention."""
-        return self.split_heads(self.key(states)), self.split_heads(self.value(states))
-
-    def call(
-        self,
-        hidden_states,
-        attention_mask=None,
-        encoder_hidden_states=None,
-        past_key_value=None,
-        cache_position=None,
-        training=False,
-    ):
-        query = self.split_heads(self.query(hidden_states))
-        if self.is_cross_attention:
-            if past_key_value is not None:
-                key, value = past_key_value
-            else:
-                key, value = self.key_value(encoder_hidden_states)
-        else:
-            key, value = self.key_value(hidden_states)
-            if past_key_value is not None and cache_position is not None:
-                key = write_to_cache(past_key_value[0], key, cache_position)
-                value = write_to_cache(past_key_value[1], value, cache_position)
-            elif past_key_value is not None:
-                key = tf.concat([past_key_value[0], key], axis=2)
-                value = tf.concat([past_key_value[1], value], axis=2)
-        scale = tf.cast(tf.sqrt(float(self.head_dim)), query.dtype)
-        single_query = query.shape[2] == 1
-        if single_query:
-            # One new token per step while decoding: a broadcast product and sum is much
-            # cheaper on CPU than oneDNN's batched matmul for such thin shapes.
-            scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :] / scale
-        else:
-            scores = tf.matmul(query, key, transpose_b=True) / scale
-        probs = masked_softmax(scores, attention_mask)
-        dropped = self.dropout(probs, training=training)
-        if single_query:
-            context = tf.reduce_sum(dropped[:, :, 0, :, None] * value, axis=2)[:, :, None, :]
-        else:
-            context = tf.matmul(dropped, value)
-        batch_size = tf.shape(context)[0]
-        context = tf.reshape(
-            tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.num_heads * self.head_dim)
-        )
-        return context, probs, (key, value)
-
-
-class BlipTextSelfOutput(ConfigSerializable, keras.layers.Layer):
-    """LayerNorm(dense(x) + residual), closing an attention sublayer."""
-
-    config_class = BlipTextConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        self.input_size = input_size
         self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
         self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
         self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
 
+    def get_config(self):
+        return {**super().get_config(), "input_size": self.input_size}
+
     def build(self, input_shape=None):
-        self.dense.build((None, self.config.hidden_size))
+        self.dense.build((None, self.input_size))
         self.LayerNorm.build((None, None, self.config.hidden_size))
 
     def call(self, hidden_states, residual, training=False):
@@ -224,16 +134,32 @@ class BlipTextSelfOutput(ConfigSerializable, keras.layers.Layer):
 
 
 class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
+    """Attention over the text itself or, for cross-attention, the image, then `output`.
+
+    Args:
+        config: the text config.
+        is_cross_attention: attend to the image states (of width encoder_hidden_size).
+        **kwargs: Keras layer arguments (`name`, `dtype`).
+    """
+
     config_class = BlipTextConfig
 
     def __init__(self, config, is_cross_attention=False, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.is_cross_attention = is_cross_attention
-        self.self_attention = BlipTextSelfAttention(
-            config, is_cross_attention, name="self", dtype=self.dtype_policy
+        self.self_attention = MultiHeadAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.attention_probs_dropout_prob,
+            config.initializer_range,
+            key_value_size=config.encoder_hidden_size if is_cross_attention else None,
+            name="self",
+            dtype=self.dtype_policy,
         )
-        self.attention_output = BlipTextSelfOutput(config, name="output", dtype=self.dtype_policy)
+        self.attention_output = BlipTextOutput(
+            config, config.hidden_size, name="output", dtype=self.dtype_policy
+        )
 
     def get_config(self):
         return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
@@ -247,19 +173,20 @@ class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
         hidden_states,
         attention_mask=None,
         encoder_hidden_states=None,
-        past_key_value=None,
-        cache_position=None,
+        cache=None,
+        cache_index=None,
         training=False,
     ):
-        context, probs, present = self.self_attention(
+        """Returns (output, attention probabilities, cache): see `MultiHeadAttention.call`."""
+        context, probs, cache = self.self_attention(
             hidden_states,
             attention_mask=attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
-            past_key_value=past_key_value,
-            cache_position=cache_position,
+            key_value_states=encoder_hidden_states,
+            cache=cache,
+            cache_index=cache_index,
             training=training,
         )
-        return self.attention_output(context, hidden_states, training=training), probs, present
+        return self.attention_output(context, hidden_states, training=training), probs, cache
 
 
 class BlipTextIntermediate(ConfigSerializable, keras.layers.Layer):
@@ -278,27 +205,6 @@ class BlipTextIntermediate(ConfigSerializable, keras.layers.Layer):
 
     def call(self, hidden_states):
         return self.activation(self.dense(hidden_states))
-
-
-class BlipTextOutput(ConfigSerializable, keras.layers.Layer):
-    """LayerNorm(dense(x) + residual), closing the feed-forward sublayer."""
-
-    config_class = BlipTextConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
-        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
-        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
-
-    def build(self, input_shape=None):
-        self.dense.build((None, self.config.intermediate_size))
-        self.LayerNorm.build((None, None, self.config.hidden_size))
-
-    def call(self, hidden_states, residual, training=False):
-        hidden_states = self.dropout(self.dense(hidden_states), training=training)
-        return self.LayerNorm(hidden_states + residual)
 
 
 class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
@@ -321,7 +227,9 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
         self.intermediate = BlipTextIntermediate(
             config, name="intermediate", dtype=self.dtype_policy
         )
-        self.feed_forward_output = BlipTextOutput(config, name="output", dtype=self.dtype_policy)
+        self.feed_forward_output = BlipTextOutput(
+            config, config.intermediate_size, name="output", dtype=self.dtype_policy
+        )
 
     def build(self, input_shape=None):
         self.attention.build()
@@ -336,38 +244,44 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
         attention_mask=None,
         encoder_hidden_states=None,
         encoder_attention_mask=None,
-        past_key_value=None,
-        cache_position=None,
+        cache=None,
+        cache_index=None,
         training=False,
     ):
-        self_past = past_key_value[:2] if past_key_value is not None else None
-        cross_past = past_key_value[2:] if past_key_value is not None else ()
-        hidden_states, self_probs, present = self.attention(
+        """Returns (output, self-attention probabilities, cross-attention probabilities or
+        None, cache): the cache is (self_key, self_value[, cross_key, cross_value]).
+
+        `cache` holds the self-attention buffers to write at `cache_index` and, after the
+        first decoding call, the cross-attention keys/values to reuse.
+        """
+        self_cache = cache[:2] if cache is not None else None
+        cross_cache = cache[2:] if cache is not None else ()
+        hidden_states, self_probs, new_cache = self.attention(
             hidden_states,
             attention_mask=attention_mask,
-            past_key_value=self_past,
-            cache_position=cache_position,
+            cache=self_cache,
+            cache_index=cache_index,
             training=training,
         )
         cross_probs = None
-        if encoder_hidden_states is not None or cross_past:
+        if encoder_hidden_states is not None or cross_cache:
             if self.crossattention is None:
                 raise ValueError(
                     "encoder_hidden_states were given but this text model has no cross-attention "
                     "(its config has is_decoder=False)."
                 )
-            hidden_states, cross_probs, cross_present = self.crossattention(
+            hidden_states, cross_probs, cross_kv = self.crossattention(
                 hidden_states,
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
-                past_key_value=cross_past or None,
+                cache=cross_cache or None,
                 training=training,
             )
-            present = present + cross_present
+            new_cache = new_cache + cross_kv
         layer_output = self.feed_forward_output(
             self.intermediate(hidden_states), hidden_states, training=training
         )
-        return layer_output, self_probs, cross_probs, present
+        return layer_output, self_probs, cross_probs, new_cache
 
 
 class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
@@ -391,33 +305,29 @@ class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
         attention_mask=None,
         encoder_hidden_states=None,
         encoder_attention_mask=None,
-        past_key_values=None,
-        cache_position=None,
+        caches=None,
+        cache_index=None,
         output_hidden_states=False,
         training=False,
     ):
-        all_hidden_states = [hidden_states]
-        self_attentions, cross_attentions, presents = [], [], []
-        for index, layer in enumerate(self.layer):
-            hidden_states, self_probs, cross_probs, present = layer(
-                hidden_states,
-                attention_mask=attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask,
-                past_key_value=past_key_values[index] if past_key_values is not None else None,
-                cache_position=cache_position,
-                training=training,
-            )
-            all_hidden_states.append(hidden_states)
-            self_attentions.append(self_probs)
-            cross_attentions.append(cross_probs)
-            presents.append(present)
+        shared = {
+            "attention_mask": attention_mask,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+            "cache_index": cache_index,
+            "training": training,
+        }
+        caches = caches if caches is not None else [None] * len(self.layer)
+        hidden_states, all_hidden_states, outputs = run_layers(
+            self.layer, hidden_states, [{**shared, "cache": cache} for cache in caches]
+        )
+        self_attentions, cross_attentions, new_caches = outputs
         return {
             "last_hidden_state": hidden_states,
-            "hidden_states": tuple(all_hidden_states) if output_hidden_states else None,
-            "attentions": tuple(self_attentions),
-            "cross_attentions": tuple(cross_attentions),
-            "past_key_values": tuple(presents),
+            "hidden_states": all_hidden_states if output_hidden_states else None,
+            "attentions": self_attentions,
+            "cross_attentions": cross_attentions,
+            "past_key_values": new_caches,
         }
 
 
@@ -595,16 +505,14 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         output_hidden_states=False,
         training=False,
     ):
-        # Two cache layouts: one grown by concatenation (past_length = its length), or, with
-        # `cache_position`, fixed-size buffers the new keys/values are written into.
-        key_length = None
+        # With `cache_position` (generate()), the cache is fixed-size buffers; without it
+        # (transformers-style stepping), the keys/values of the past_length tokens so far.
         if past_key_values is None:
             past_length = 0
         elif cache_position is None:
             past_length = tf.shape(past_key_values[0][0])[2]
         else:
             past_length = cache_position
-            key_length = tf.shape(past_key_values[0][0])[2]
         if encoder_embeds is not None:
             embedding_output = encoder_embeds
         else:
@@ -640,6 +548,17 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
                 training=training,
             )
         batch_size, query_length = tf.shape(embedding_output)[0], tf.shape(embedding_output)[1]
+        key_length = None
+        if past_key_values is not None:
+            if cache_position is None:
+                # One cache layout inside: buffers with room for the new tokens, written at
+                # past_length. The cache returned is then the given one grown by them, as in
+                # transformers.
+                past_key_values = tuple(
+                    (*with_room(layer[:2], query_length), *layer[2:]) for layer in past_key_values
+                )
+                cache_position = past_length
+            key_length = tf.shape(past_key_values[0][0])[2]
         mask = self_attention_mask(
             attention_mask, batch_size, query_length, past_length, is_decoder, key_length
         )
@@ -653,8 +572,8 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
             attention_mask=mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=cross_mask,
-            past_key_values=past_key_values,
-            cache_position=cache_position,
+            caches=past_key_values,
+            cache_index=cache_position,
             output_hidden_states=output_hidden_states,
             training=training,
         )

@@ -9,12 +9,13 @@ import keras
 import tensorflow as tf
 
 from tfblip.configuration import BlipVisionConfig
+from tfblip.modeling.attention import MultiHeadAttention
 from tfblip.modeling.common import (
     ConfigSerializable,
     dense,
     get_activation,
     layer_norm,
-    masked_softmax,
+    run_layers,
 )
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import BaseModelOutputWithPooling
@@ -120,40 +121,6 @@ class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
         return embeddings + tf.cast(positions, embeddings.dtype)
 
 
-class BlipAttention(ConfigSerializable, keras.layers.Layer):
-    """Multi-head self-attention with one fused qkv projection, no mask."""
-
-    config_class = BlipVisionConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
-        self.embed_dim = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = self.embed_dim // self.num_heads
-        self.scale = self.head_dim**-0.5
-        init = config.initializer_range
-        self.qkv = dense(3 * self.embed_dim, "qkv", init, self.dtype_policy)
-        self.projection = dense(self.embed_dim, "projection", init, self.dtype_policy)
-        self.dropout = keras.layers.Dropout(config.attention_dropout, dtype=self.dtype_policy)
-
-    def build(self, input_shape=None):
-        self.qkv.build((None, self.embed_dim))
-        self.projection.build((None, self.embed_dim))
-
-    def call(self, hidden_states, training=False):
-        batch_size, seq_len = tf.shape(hidden_states)[0], tf.shape(hidden_states)[1]
-        qkv = tf.reshape(
-            self.qkv(hidden_states), (batch_size, seq_len, 3, self.num_heads, self.head_dim)
-        )
-        query, key, value = tf.unstack(tf.transpose(qkv, (2, 0, 3, 1, 4)), num=3)
-        scores = tf.matmul(query, key, transpose_b=True) * tf.cast(self.scale, query.dtype)
-        probs = masked_softmax(scores)
-        context = tf.matmul(self.dropout(probs, training=training), value)
-        context = tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch_size, seq_len, -1))
-        return self.projection(context), probs
-
-
 class BlipMLP(ConfigSerializable, keras.layers.Layer):
     config_class = BlipVisionConfig
 
@@ -182,7 +149,16 @@ class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
         super().__init__(**kwargs)
         self.config = config
         eps = config.layer_norm_eps
-        self.self_attn = BlipAttention(config, name="self_attn", dtype=self.dtype_policy)
+        self.self_attn = MultiHeadAttention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.attention_dropout,
+            config.initializer_range,
+            fused_qkv=True,
+            output_projection=True,
+            name="self_attn",
+            dtype=self.dtype_policy,
+        )
         self.layer_norm1 = layer_norm(eps, "layer_norm1", self.dtype_policy)
         self.mlp = BlipMLP(config, name="mlp", dtype=self.dtype_policy)
         self.layer_norm2 = layer_norm(eps, "layer_norm2", self.dtype_policy)
@@ -193,7 +169,7 @@ class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
             sublayer.build(shape)
 
     def call(self, hidden_states, training=False):
-        attended, probs = self.self_attn(self.layer_norm1(hidden_states), training=training)
+        attended, probs, _ = self.self_attn(self.layer_norm1(hidden_states), training=training)
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
         return hidden_states, probs
@@ -217,15 +193,15 @@ class BlipEncoder(ConfigSerializable, keras.layers.Layer):
     def call(
         self, hidden_states, output_hidden_states=False, output_attentions=False, training=False
     ):
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for layer in self.layers:
-            hidden_states, probs = layer(hidden_states, training=training)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            if output_attentions:
-                all_attentions.append(probs)
-        return hidden_states, all_hidden_states, all_attentions
+        arguments = [{"training": training}] * len(self.layers)
+        hidden_states, all_hidden_states, (attentions,) = run_layers(
+            self.layers, hidden_states, arguments
+        )
+        return (
+            hidden_states,
+            all_hidden_states if output_hidden_states else None,
+            attentions if output_attentions else None,
+        )
 
 
 def check_pixel_values(pixel_values, num_channels):
