@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfblip.checkpoint import pytorch_named_variables
+from tfblip.checkpoints import pytorch_named_variables
 from tfblip.modeling.attention import MultiHeadAttention, with_room, write_at
 
 HIDDEN, HEADS, IMAGE_WIDTH = 16, 4, 12
