@@ -112,8 +112,7 @@ class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, k
     config_class = BlipConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.vision_model = TFBlipVisionModel(
             config.vision_config, name="vision_model", dtype=self.dtype_policy
         )

@@ -51,12 +51,16 @@ def masked_softmax(scores, keep_mask=None):
 
 
 class ConfigSerializable:
-    """Mixin for layers whose only constructor argument is a config object.
+    """Mixin for layers and models built from a config object (kept as `self.config`).
 
     `get_config` stores the config as a plain dict so `.keras` files hold JSON only.
     """
 
     config_class = None
+
+    def __init__(self, config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
 
     def get_config(self):
         base = super().get_config()

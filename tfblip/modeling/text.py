@@ -40,8 +40,7 @@ class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         init = keras.initializers.TruncatedNormal(stddev=config.initializer_range)
         self.word_embeddings = keras.layers.Embedding(
             config.vocab_size,
@@ -114,8 +113,7 @@ class BlipTextOutput(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, input_size, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.input_size = input_size
         self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
         self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
@@ -145,8 +143,7 @@ class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, is_cross_attention=False, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.is_cross_attention = is_cross_attention
         self.self_attention = MultiHeadAttention(
             config.hidden_size,
@@ -193,8 +190,7 @@ class BlipTextIntermediate(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.activation = get_activation(config.hidden_act)
         self.dense = dense(
             config.intermediate_size, "dense", config.initializer_range, self.dtype_policy
@@ -213,8 +209,7 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.attention = BlipTextAttention(config, name="attention", dtype=self.dtype_policy)
         # As in transformers, the cross-attention weights exist when the config is a decoder's.
         self.crossattention = (
@@ -288,8 +283,7 @@ class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.layer = [
             BlipTextLayer(config, name=f"layer.{i}", dtype=self.dtype_policy)
             for i in range(config.num_hidden_layers)
@@ -337,8 +331,7 @@ class BlipTextPooler(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
 
     def build(self, input_shape=None):
@@ -467,8 +460,7 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         return {"add_pooling_layer": "pooler.dense.weight" in keys}
 
     def __init__(self, config, add_pooling_layer=True, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.add_pooling_layer = add_pooling_layer
         self.embeddings = BlipTextEmbeddings(config, name="embeddings", dtype=self.dtype_policy)
         self.encoder = BlipTextEncoder(config, name="encoder", dtype=self.dtype_policy)
@@ -595,8 +587,7 @@ class BlipTextPredictionHeadTransform(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.activation = get_activation(config.hidden_act)
         self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
         self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
@@ -615,8 +606,7 @@ class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.transform = BlipTextPredictionHeadTransform(
             config, name="transform", dtype=self.dtype_policy
         )
@@ -667,8 +657,7 @@ class BlipTextOnlyMLMHead(ConfigSerializable, keras.layers.Layer):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.predictions = BlipTextLMPredictionHead(
             config, name="predictions", dtype=self.dtype_policy
         )
@@ -711,8 +700,7 @@ class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
     config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.bert = TFBlipTextModel(
             config, add_pooling_layer=False, name="bert", dtype=self.dtype_policy
         )

@@ -62,8 +62,7 @@ class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
     config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.embed_dim = config.hidden_size
         self.patch_size = config.patch_size_px
         self.grid_size = config.num_patches_per_side
@@ -125,8 +124,7 @@ class BlipMLP(ConfigSerializable, keras.layers.Layer):
     config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         init = config.initializer_range
         self.activation = get_activation(config.hidden_act)
         self.fc1 = dense(config.intermediate_size, "fc1", init, self.dtype_policy)
@@ -146,8 +144,7 @@ class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
     config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         eps = config.layer_norm_eps
         self.self_attn = MultiHeadAttention(
             config.hidden_size,
@@ -179,8 +176,7 @@ class BlipEncoder(ConfigSerializable, keras.layers.Layer):
     config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.layers = [
             BlipEncoderLayer(config, name=f"layers.{i}", dtype=self.dtype_policy)
             for i in range(config.num_hidden_layers)
@@ -247,8 +243,7 @@ class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
     tower_prefixes = ("vision_model.",)
 
     def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(config, **kwargs)
         self.embeddings = BlipVisionEmbeddings(config, name="embeddings", dtype=self.dtype_policy)
         self.encoder = BlipEncoder(config, name="encoder", dtype=self.dtype_policy)
         self.post_layernorm = layer_norm(config.layer_norm_eps, "post_layernorm", self.dtype_policy)
