@@ -170,8 +170,8 @@ class _BlipConfigBase:
     """Shared machinery: extra keys, dict/JSON conversion, equality, file I/O.
 
     Subclasses declare their fields as the parameters of ``__init__`` (their order is the order
-    of :meth:`to_dict`) and the check of each field in ``_FIELD_CHECKS``; ``__init__`` assigns
-    the fields, then calls ``self._init_extra_keys(kwargs)`` and ``self.validate()``.
+    of :meth:`to_dict`) and the check of each field in ``_FIELD_CHECKS``; ``__init__`` passes
+    its ``locals()`` to ``self._set_fields`` and then calls ``self.validate()``.
     """
 
     model_type: ClassVar[str] = ""
@@ -193,9 +193,15 @@ class _BlipConfigBase:
 
     # -- attributes ---------------------------------------------------------------------------
 
-    def _init_extra_keys(self, kwargs: dict[str, Any]) -> None:
-        """Check ``model_type`` if given, keep every other unknown key as an attribute."""
-        kwargs = dict(kwargs)
+    def _set_fields(self, arguments: dict[str, Any]) -> None:
+        """Set every field from a constructor's ``locals()``, then keep its unknown keys.
+
+        Checks ``model_type`` if given and keeps every other key of ``**kwargs`` as an
+        attribute.
+        """
+        for name in self._field_names:
+            setattr(self, name, arguments[name])
+        kwargs = dict(arguments["kwargs"])
         model_type = kwargs.pop("model_type", None)
         if model_type is not None and model_type != self.model_type:
             raise ValueError(
@@ -376,6 +382,24 @@ class BlipVisionConfig(_BlipSubConfig):
     ``image_size_px``, ``patch_size_px``, ``num_patches_per_side``, ``num_patches`` and
     ``num_positions`` give the derived ints. ``num_channels`` is not a transformers 5 field
     (older config files carry it); it defaults to 3.
+
+    Args:
+        hidden_size: width of the patch embeddings and encoder layers.
+        intermediate_size: width of the MLP inside each encoder layer.
+        projection_dim: width of the projected image features.
+        num_hidden_layers: number of encoder layers.
+        num_attention_heads: attention heads per layer; must divide ``hidden_size``.
+        image_size: side of the square input image, in pixels.
+        patch_size: side of a square patch, in pixels; must divide ``image_size``.
+        hidden_act: activation of the MLPs (e.g. "gelu").
+        layer_norm_eps: epsilon of the layer norms.
+        attention_dropout: dropout rate of the attention probabilities, in [0, 1).
+        initializer_range: standard deviation of the weight initializer.
+        num_channels: channels of the input image.
+        **kwargs: other keys, kept as attributes and written back by :meth:`to_dict`.
+
+    Raises:
+        ValueError: a field out of range, or ``model_type`` of another config.
     """
 
     model_type = "blip_vision_model"
@@ -412,19 +436,7 @@ class BlipVisionConfig(_BlipSubConfig):
         num_channels: int = 3,
         **kwargs: Any,
     ) -> None:
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.projection_dim = projection_dim
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.attention_dropout = attention_dropout
-        self.initializer_range = initializer_range
-        self.num_channels = num_channels
-        self._init_extra_keys(kwargs)
+        self._set_fields(locals())
         self.validate()
 
     def _validate_relations(self) -> None:
@@ -475,6 +487,34 @@ class BlipTextConfig(_BlipSubConfig):
     ``enc_token_id``, the id of "[ENC]", which the image-grounded text encoder starts with
     when :class:`BlipConfig` ``use_enc_token`` is on; :data:`DEFAULT_ENC_TOKEN_ID` (30523, as
     in the Salesforce checkpoints) when absent.
+
+    Args:
+        vocab_size: number of token ids.
+        hidden_size: width of the embeddings and layers.
+        encoder_hidden_size: width of the image features cross-attended to (set by
+            :class:`BlipConfig` to the vision tower's ``hidden_size``).
+        intermediate_size: width of the MLP inside each layer.
+        projection_dim: width of the projected text features.
+        num_hidden_layers: number of layers.
+        num_attention_heads: attention heads per layer; must divide ``hidden_size``.
+        max_position_embeddings: longest token sequence.
+        hidden_act: activation of the MLPs (e.g. "gelu").
+        layer_norm_eps: epsilon of the layer norms.
+        hidden_dropout_prob: dropout rate of the hidden states, in [0, 1).
+        attention_probs_dropout_prob: dropout rate of the attention probabilities, in [0, 1).
+        initializer_range: standard deviation of the weight initializer.
+        bos_token_id: id that starts generated text ("[DEC]").
+        eos_token_id: id (or ids) that end generated text.
+        pad_token_id: id of padding.
+        sep_token_id: id of "[SEP]".
+        is_decoder: whether the text model is used as a causal decoder.
+        use_cache: whether decoding keeps past keys and values.
+        tie_word_embeddings: whether the LM head shares the word embeddings.
+        label_smoothing: label smoothing of the language-modeling loss, in [0, 1].
+        **kwargs: other keys, kept as attributes and written back by :meth:`to_dict`.
+
+    Raises:
+        ValueError: a field out of range, or ``model_type`` of another config.
     """
 
     model_type = "blip_text_model"
@@ -529,28 +569,7 @@ class BlipTextConfig(_BlipSubConfig):
         label_smoothing: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.encoder_hidden_size = encoder_hidden_size
-        self.intermediate_size = intermediate_size
-        self.projection_dim = projection_dim
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.max_position_embeddings = max_position_embeddings
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.hidden_dropout_prob = hidden_dropout_prob
-        self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        self.initializer_range = initializer_range
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self.pad_token_id = pad_token_id
-        self.sep_token_id = sep_token_id
-        self.is_decoder = is_decoder
-        self.use_cache = use_cache
-        self.tie_word_embeddings = tie_word_embeddings
-        self.label_smoothing = label_smoothing
-        self._init_extra_keys(kwargs)
+        self._set_fields(locals())
         self.validate()
 
     def _validate_relations(self) -> None:
@@ -605,6 +624,23 @@ class BlipConfig(_BlipConfigBase):
     place of their first token, "[CLS]", as in the original BLIP (blip_retrieval.py,
     blip_vqa.py), which trained its retrieval and VQA checkpoints that way. Off, the models
     compute what transformers computes. Contrastive (ITC) text features keep "[CLS]" either way.
+
+    Args:
+        text_config: the text tower's config; None for the defaults.
+        vision_config: the vision tower's config; None for the defaults.
+        projection_dim: width of the shared image-text embedding space.
+        logit_scale_init_value: initial log of the contrastive logits' scale.
+        image_text_hidden_size: width of the image-text matching features.
+        label_smoothing: label smoothing of the losses, in [0, 1].
+        tie_word_embeddings: whether the LM head shares the word embeddings.
+        initializer_factor: scale of the weight initializers.
+        initializer_range: standard deviation of the weight initializer.
+        **kwargs: other keys (e.g. ``use_enc_token``), kept as attributes and written back by
+            :meth:`to_dict`.
+
+    Raises:
+        TypeError: a sub-config of another kind.
+        ValueError: a field out of range, or ``model_type`` of another config.
     """
 
     model_type = "blip"
@@ -632,16 +668,9 @@ class BlipConfig(_BlipConfigBase):
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
-        self.text_config = _sub_config(BlipTextConfig, text_config, "text_config")
-        self.vision_config = _sub_config(BlipVisionConfig, vision_config, "vision_config")
-        self.projection_dim = projection_dim
-        self.logit_scale_init_value = logit_scale_init_value
-        self.image_text_hidden_size = image_text_hidden_size
-        self.label_smoothing = label_smoothing
-        self.tie_word_embeddings = tie_word_embeddings
-        self.initializer_factor = initializer_factor
-        self.initializer_range = initializer_range
-        self._init_extra_keys(kwargs)
+        text_config = _sub_config(BlipTextConfig, text_config, "text_config")
+        vision_config = _sub_config(BlipVisionConfig, vision_config, "vision_config")
+        self._set_fields(locals())
         self.text_config.encoder_hidden_size = self.vision_config.hidden_size
         self.validate()
 
@@ -666,5 +695,14 @@ class BlipConfig(_BlipConfigBase):
         vision_config: BlipVisionConfig | dict,
         **kwargs: Any,
     ) -> BlipConfig:
-        """Build a BlipConfig from a text and a vision config (both copied)."""
+        """Build a BlipConfig from a text and a vision config (both copied).
+
+        Args:
+            text_config: the text tower's config, or its dict.
+            vision_config: the vision tower's config, or its dict.
+            **kwargs: the other :class:`BlipConfig` fields.
+
+        Returns:
+            The new :class:`BlipConfig`.
+        """
         return cls(text_config=text_config, vision_config=vision_config, **kwargs)
