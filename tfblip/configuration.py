@@ -341,11 +341,31 @@ class _BlipConfigBase:
         return f"{type(self).__name__}({items})"
 
 
+# The checks of the fields both towers have.
+_TOWER_FIELD_CHECKS: dict[str, Any] = {
+    "hidden_size": _positive_int,
+    "intermediate_size": _positive_int,
+    "projection_dim": _positive_int,
+    "num_hidden_layers": _positive_int,
+    "num_attention_heads": _positive_int,
+    "hidden_act": _non_empty_str,
+    "layer_norm_eps": _positive_float,
+    "initializer_range": _non_negative_float,
+}
+
+
 class _BlipSubConfig(_BlipConfigBase):
     """Vision / text config: ``from_pretrained`` also accepts a full BLIP ``config.json``."""
 
     # Key of this config inside a full BLIP config dict.
     _BLIP_KEY: ClassVar[str] = ""
+
+    def _validate_relations(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"{type(self).__name__}.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
 
     @classmethod
     def from_pretrained(cls, path: _PathLike, **overrides: Any):
@@ -399,24 +419,18 @@ class BlipVisionConfig(_BlipSubConfig):
         **kwargs: other keys, kept as attributes and written back by :meth:`to_dict`.
 
     Raises:
-        ValueError: a field out of range, or ``model_type`` of another config.
+        ValueError: a field out of range, a patch size that does not divide the image size,
+            or ``model_type`` of another config.
     """
 
     model_type = "blip_vision_model"
     _DESCRIPTION = "BLIP vision config"
     _BLIP_KEY = "vision_config"
     _FIELD_CHECKS: ClassVar[dict[str, Any]] = {
-        "hidden_size": _positive_int,
-        "intermediate_size": _positive_int,
-        "projection_dim": _positive_int,
-        "num_hidden_layers": _positive_int,
-        "num_attention_heads": _positive_int,
+        **_TOWER_FIELD_CHECKS,
         "image_size": _square_size,
         "patch_size": _square_size,
-        "hidden_act": _non_empty_str,
-        "layer_norm_eps": _positive_float,
         "attention_dropout": _dropout_rate,
-        "initializer_range": _non_negative_float,
         "num_channels": _positive_int,
     }
 
@@ -440,11 +454,7 @@ class BlipVisionConfig(_BlipSubConfig):
         self.validate()
 
     def _validate_relations(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"BlipVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
+        super()._validate_relations()
         if self.image_size_px % self.patch_size_px:
             raise ValueError(
                 f"BlipVisionConfig.image_size ({self.image_size!r}) must be divisible by "
@@ -511,29 +521,24 @@ class BlipTextConfig(_BlipSubConfig):
         use_cache: whether decoding keeps past keys and values.
         tie_word_embeddings: whether the LM head shares the word embeddings.
         label_smoothing: label smoothing of the language-modeling loss, in [0, 1].
-        **kwargs: other keys, kept as attributes and written back by :meth:`to_dict`.
+        **kwargs: other keys (e.g. ``enc_token_id``), kept as attributes and written back by
+            :meth:`to_dict`.
 
     Raises:
-        ValueError: a field out of range, or ``model_type`` of another config.
+        ValueError: a field (``enc_token_id`` included) out of range, or ``model_type`` of
+            another config.
     """
 
     model_type = "blip_text_model"
     _DESCRIPTION = "BLIP text config"
     _BLIP_KEY = "text_config"
     _FIELD_CHECKS: ClassVar[dict[str, Any]] = {
+        **_TOWER_FIELD_CHECKS,
         "vocab_size": _positive_int,
-        "hidden_size": _positive_int,
         "encoder_hidden_size": _positive_int,
-        "intermediate_size": _positive_int,
-        "projection_dim": _positive_int,
-        "num_hidden_layers": _positive_int,
-        "num_attention_heads": _positive_int,
         "max_position_embeddings": _positive_int,
-        "hidden_act": _non_empty_str,
-        "layer_norm_eps": _positive_float,
         "hidden_dropout_prob": _dropout_rate,
         "attention_probs_dropout_prob": _dropout_rate,
-        "initializer_range": _non_negative_float,
         "bos_token_id": _optional_token_id,
         "eos_token_id": _optional_token_ids,
         "pad_token_id": _optional_token_id,
@@ -573,11 +578,7 @@ class BlipTextConfig(_BlipSubConfig):
         self.validate()
 
     def _validate_relations(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"BlipTextConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
+        super()._validate_relations()
         if "enc_token_id" in self.extra_keys:
             _optional_token_id("BlipTextConfig", "enc_token_id", self.enc_token_id)
             if self.enc_token_id is None:
