@@ -83,7 +83,7 @@ def load_pretrained(
         if config is None:
             config = cls.config_class.from_pretrained(directory)
         source = open_checkpoint(path)
-        if isinstance(source, DictSource) and _lm_head_untied(source):
+        if source.from_tf_h5 and _lm_head_untied(source):
             # transformers 4.x's TF decoder Dense is not tied to the word embeddings, so TF
             # fine-tuning made them differ: keep the head as trained.
             text_config = getattr(config, "text_config", config)

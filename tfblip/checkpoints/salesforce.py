@@ -295,24 +295,30 @@ def _bert_schema(t):
     w, inner, enc = t["hidden_size"], t["intermediate_size"], t["encoder_hidden_size"]
     yield "embeddings.word_embeddings.weight", (t["vocab_size"], w)
     yield "embeddings.position_embeddings.weight", (t["max_position_embeddings"], w)
-    yield "embeddings.LayerNorm.weight", (w,)
-    yield "embeddings.LayerNorm.bias", (w,)
-    for i in range(t["num_hidden_layers"]):
-        layer = f"encoder.layer.{i}."
-        for block, kv_width in (("attention", w), ("crossattention", enc)):
-            for name, in_width in (("query", w), ("key", kv_width), ("value", kv_width)):
-                yield f"{layer}{block}.self.{name}.weight", (w, in_width)
-                yield f"{layer}{block}.self.{name}.bias", (w,)
-            yield f"{layer}{block}.output.dense.weight", (w, w)
-            yield f"{layer}{block}.output.dense.bias", (w,)
-            yield f"{layer}{block}.output.LayerNorm.weight", (w,)
-            yield f"{layer}{block}.output.LayerNorm.bias", (w,)
-        yield f"{layer}intermediate.dense.weight", (inner, w)
-        yield f"{layer}intermediate.dense.bias", (inner,)
-        yield f"{layer}output.dense.weight", (w, inner)
-        yield f"{layer}output.dense.bias", (w,)
-        yield f"{layer}output.LayerNorm.weight", (w,)
-        yield f"{layer}output.LayerNorm.bias", (w,)
+    # (module, weight shape) of one layer; every module has a bias as wide as its output.
+    layer = []
+    for block, kv_width in (("attention", w), ("crossattention", enc)):
+        layer += [
+            (f"{block}.self.query", (w, w)),
+            (f"{block}.self.key", (w, kv_width)),
+            (f"{block}.self.value", (w, kv_width)),
+            (f"{block}.output.dense", (w, w)),
+            (f"{block}.output.LayerNorm", (w,)),
+        ]
+    layer += [
+        ("intermediate.dense", (inner, w)),
+        ("output.dense", (w, inner)),
+        ("output.LayerNorm", (w,)),
+    ]
+    modules = [("embeddings.LayerNorm", (w,))]
+    modules += [
+        (f"encoder.layer.{i}.{name}", shape)
+        for i in range(t["num_hidden_layers"])
+        for name, shape in layer
+    ]
+    for name, shape in modules:
+        yield f"{name}.weight", shape
+        yield f"{name}.bias", shape[:1]
 
 
 def _lm_head_schema(t):

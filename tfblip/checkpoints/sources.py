@@ -2,7 +2,8 @@
 
 A source has `keys()`, `shape(key)` and `get(key, rows=None)` (the tensor, or a slice of its
 first axis, as a numpy array in PyTorch layout), so that loading can check every key and shape
-before it reads any tensor, and copy a large tensor in slices.
+before it reads any tensor, and copy a large tensor in slices. The sources `open_checkpoint`
+returns also say whether they hold a transformers `tf_model.h5` (`from_tf_h5`).
 """
 
 import json
@@ -76,6 +77,8 @@ class _SafetensorsSource:
     doubles the peak memory of loading a large checkpoint.
     """
 
+    from_tf_h5 = False
+
     def __init__(self, files):
         self._entries = {}
         for path in files:
@@ -105,7 +108,39 @@ class _SafetensorsSource:
         return tensor
 
 
-class _TorchSource:
+class DictSource:
+    """An in-memory state dict of numpy arrays or torch tensors.
+
+    Args:
+        state_dict: {PyTorch key: tensor in PyTorch layout}.
+        from_tf_h5: whether the tensors were read from a transformers `tf_model.h5`, whose LM
+            head may differ from the word embeddings it is tied to elsewhere.
+    """
+
+    def __init__(self, state_dict, *, from_tf_h5=False):
+        self._tensors = state_dict
+        self.from_tf_h5 = from_tf_h5
+
+    def keys(self):
+        return list(self._tensors)
+
+    def shape(self, key):
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key, rows=None):
+        """The tensor, or the `rows` slice of its first axis, as a numpy array."""
+        tensor = self._tensors[key]
+        if rows is not None:
+            tensor = tensor[rows]
+        return self._to_numpy(tensor)
+
+    def _to_numpy(self, tensor):
+        if hasattr(tensor, "detach"):
+            tensor = tensor.detach().float().cpu().numpy()
+        return np.asarray(tensor)
+
+
+class _TorchSource(DictSource):
     """Tensors of PyTorch pickles, memory-mapped so the file is not held twice in memory."""
 
     def __init__(self, files):
@@ -117,7 +152,7 @@ class _TorchSource:
                 "or convert the checkpoint to model.safetensors."
             ) from error
         self._torch = torch
-        self._tensors = {}
+        tensors = {}
         for path in files:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -125,46 +160,15 @@ class _TorchSource:
                 raise CheckpointError(f"Cannot read PyTorch checkpoint {path}: {error}") from error
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path} does not hold a state dict.")
-            self._tensors.update(state)
+            tensors.update(state)
+        super().__init__(tensors)
 
-    def keys(self):
-        return list(self._tensors)
-
-    def shape(self, key):
-        return tuple(self._tensors[key].shape)
-
-    def get(self, key, rows=None):
-        tensor = self._tensors[key]
-        if rows is not None:
-            tensor = tensor[rows]
+    def _to_numpy(self, tensor):
+        # Keeps the stored dtype, but bfloat16: numpy has none, and torch cannot export
+        # ml_dtypes'.
         if tensor.dtype == self._torch.bfloat16:
-            tensor = tensor.float()  # numpy has no bfloat16; torch cannot export ml_dtypes'
+            tensor = tensor.float()
         return tensor.numpy()
-
-
-class DictSource:
-    """An in-memory state dict of numpy arrays or torch tensors.
-
-    Args:
-        state_dict: {PyTorch key: tensor in PyTorch layout}.
-    """
-
-    def __init__(self, state_dict):
-        self._tensors = state_dict
-
-    def keys(self):
-        return list(self._tensors)
-
-    def shape(self, key):
-        return tuple(self._tensors[key].shape)
-
-    def get(self, key, rows=None):
-        tensor = self._tensors[key]
-        if rows is not None:
-            tensor = tensor[rows]
-        if hasattr(tensor, "detach"):
-            tensor = tensor.detach().float().cpu().numpy()
-        return np.asarray(tensor)
 
 
 class _PrefixedSource:
@@ -256,7 +260,7 @@ def open_checkpoint(path):
         if path.endswith(".safetensors"):
             return _SafetensorsSource([path])
         if is_tf_h5_checkpoint(path):
-            return DictSource(read_tf_h5(path))
+            return DictSource(read_tf_h5(path), from_tf_h5=True)
         return _TorchSource([path])
     candidates = (
         (SAFETENSORS_WEIGHTS, lambda p: _SafetensorsSource([p])),
@@ -269,7 +273,7 @@ def open_checkpoint(path):
         if os.path.isfile(candidate):
             return opener(candidate)
     if is_tf_h5_checkpoint(path):
-        return DictSource(read_tf_h5(path))
+        return DictSource(read_tf_h5(path), from_tf_h5=True)
     raise CheckpointError(
         f"No weights found in {path}: expected one of "
         f"{', '.join(name for name, _ in candidates)} or {TF_WEIGHTS_NAME}."
