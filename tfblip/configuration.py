@@ -19,7 +19,7 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from tfblip.arguments import is_int, is_number, is_positive_int
@@ -56,34 +56,22 @@ def _positive_int(owner: str, name: str, value: Any) -> int:
     return int(value)
 
 
-def _finite_float(owner: str, name: str, value: Any) -> float:
-    if not is_number(value) or not math.isfinite(value):
-        raise _fail(owner, name, "a finite number", value)
-    return float(value)
+def _number_check(expected: str, accepts: Callable[[float], bool]) -> Callable:
+    """The check of a float field: a finite number that ``accepts``, stored as a float."""
+
+    def check(owner: str, name: str, value: Any) -> float:
+        if not is_number(value) or not math.isfinite(value) or not accepts(value):
+            raise _fail(owner, name, expected, value)
+        return float(value)
+
+    return check
 
 
-def _non_negative_float(owner: str, name: str, value: Any) -> float:
-    if not is_number(value) or not math.isfinite(value) or value < 0:
-        raise _fail(owner, name, "a non-negative number", value)
-    return float(value)
-
-
-def _positive_float(owner: str, name: str, value: Any) -> float:
-    if not is_number(value) or not math.isfinite(value) or value <= 0:
-        raise _fail(owner, name, "a positive number", value)
-    return float(value)
-
-
-def _dropout_rate(owner: str, name: str, value: Any) -> float:
-    if not is_number(value) or not 0.0 <= value < 1.0:
-        raise _fail(owner, name, "a number in [0, 1)", value)
-    return float(value)
-
-
-def _unit_float(owner: str, name: str, value: Any) -> float:
-    if not is_number(value) or not 0.0 <= value <= 1.0:
-        raise _fail(owner, name, "a number in [0, 1]", value)
-    return float(value)
+_finite_float = _number_check("a finite number", lambda value: True)
+_non_negative_float = _number_check("a non-negative number", lambda value: value >= 0)
+_positive_float = _number_check("a positive number", lambda value: value > 0)
+_dropout_rate = _number_check("a number in [0, 1)", lambda value: 0 <= value < 1)
+_unit_float = _number_check("a number in [0, 1]", lambda value: 0 <= value <= 1)
 
 
 def _boolean(owner: str, name: str, value: Any) -> bool:
