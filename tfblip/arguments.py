@@ -22,12 +22,27 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    """Whether `value` is an int or a float (Python or NumPy); bools are not."""
+    """Whether `value` is an int or a float (Python or NumPy); bools are not.
+
+    Args:
+        value: anything.
+
+    Returns:
+        True for ints, floats and their NumPy kinds, False for everything else, bools
+        included.
+    """
     return is_int(value) or isinstance(value, (float, np.floating))
 
 
 def is_positive_int(value: Any) -> bool:
-    """Whether `value` is an int (see :func:`is_int`) of at least 1."""
+    """Whether `value` is an int (see :func:`is_int`) of at least 1.
+
+    Args:
+        value: anything.
+
+    Returns:
+        True for ints and NumPy integers >= 1, False for everything else.
+    """
     return is_int(value) and value >= 1
 
 

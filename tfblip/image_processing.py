@@ -643,7 +643,17 @@ class BlipImageProcessor:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write ``preprocessor_config.json`` into ``save_directory``; returns its path."""
+        """Write ``preprocessor_config.json``, which :meth:`from_pretrained` reads.
+
+        Args:
+            save_directory: where to write it; created if missing.
+
+        Returns:
+            The path of the file written.
+
+        Raises:
+            ValueError: ``save_directory`` is a file.
+        """
         if os.path.isfile(save_directory):
             raise ValueError(f"save_pretrained needs a directory, got the file {save_directory!r}")
         os.makedirs(save_directory, exist_ok=True)

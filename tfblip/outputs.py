@@ -9,6 +9,15 @@ import optree
 
 
 class ModelOutput(dict):
+    """A model's outputs: the dict of its non-None ``fields``, also read as attributes.
+
+    Integer and slice indexing read :meth:`to_tuple`, the set fields in declaration order,
+    as in transformers.
+
+    Raises:
+        TypeError: a key that is not one of the class's ``fields``.
+    """
+
     fields = ()
 
     def __init__(self, *args, **kwargs):

@@ -252,7 +252,17 @@ class BlipProcessor:
 
     @classmethod
     def from_pretrained(cls, path):
-        """Load from a checkpoint directory (see the module docstring for the files read)."""
+        """Load from a checkpoint directory (see the module docstring for the files read).
+
+        Args:
+            path: a checkpoint or processor directory.
+
+        Returns:
+            The processor, with the directory's image processor and tokenizer.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a directory, or it holds no tokenizer files.
+        """
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path!r} is not a directory with BLIP processor files.")
@@ -305,8 +315,14 @@ class BlipProcessor:
         return tokenizer, kwargs
 
     def save_pretrained(self, directory):
-        """Write preprocessor_config.json, tokenizer.json, tokenizer_config.json,
-        special_tokens_map.json and (for a WordPiece vocabulary) vocab.txt."""
+        """Write the processor's files, which :meth:`from_pretrained` and transformers read.
+
+        The files: preprocessor_config.json, tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json and (for a WordPiece vocabulary) vocab.txt.
+
+        Args:
+            directory: where to write them; created if missing.
+        """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         if self.image_processor is not None:
@@ -524,7 +540,18 @@ class BlipProcessor:
     # ------------------------------------------------------------------ decoding
 
     def decode(self, token_ids, skip_special_tokens=False):
-        """Token ids (list, numpy array, tf tensor) to a string, as transformers' decode."""
+        """Token ids to a string, as transformers' decode.
+
+        Args:
+            token_ids: one sequence of ids: a list, numpy array or tf tensor.
+            skip_special_tokens: leave out special tokens such as [SEP] and [PAD].
+
+        Returns:
+            The text.
+
+        Raises:
+            ValueError: the processor has no tokenizer.
+        """
         if self.tokenizer is None:
             raise ValueError("This BlipProcessor has no tokenizer; cannot decode.")
         text = self.tokenizer.decode(
@@ -535,7 +562,15 @@ class BlipProcessor:
         return text
 
     def batch_decode(self, sequences, skip_special_tokens=False):
-        """A batch of token-id sequences (list of lists, 2-D array or tensor) to strings."""
+        """A batch of token-id sequences to strings, as :meth:`decode` each.
+
+        Args:
+            sequences: a list of id lists, a 2-D numpy array or a tf tensor.
+            skip_special_tokens: leave out special tokens such as [SEP] and [PAD].
+
+        Returns:
+            A list of texts, one a sequence.
+        """
         if hasattr(sequences, "numpy"):
             sequences = sequences.numpy()
         if isinstance(sequences, np.ndarray):

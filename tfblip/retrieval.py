@@ -127,10 +127,18 @@ class Gallery:
         return self.embeddings.shape[0]
 
     def search(self, query_embeddings, k=10):
-        """ITC top-k: (indices, similarities), both (Q, min(k, N)), most similar first.
+        """The ITC top k of each query, most similar first; ties keep gallery order.
 
-        `query_embeddings` (Q, E) or (E,) should be L2-normalized, as Retriever's are; the
-        similarity is their dot product with the gallery's embeddings. Ties keep gallery order.
+        Args:
+            query_embeddings: (Q, E) or (E,) L2-normalized features, as Retriever's are; the
+                similarity is their dot product with the gallery's embeddings.
+            k: how many items per query (at most the gallery's size).
+
+        Returns:
+            (indices, similarities): gallery positions and similarities, both (Q, min(k, N)).
+
+        Raises:
+            ValueError: ``k`` is not a positive int, or the queries are not (Q, E).
         """
         k = min(positive_int("k", k), len(self))
         queries = np.asarray(query_embeddings, dtype=np.float32)
@@ -157,10 +165,18 @@ class Gallery:
     # ------------------------------------------------------------------ saving / loading
 
     def save(self, path):
-        """Writes one .npz file (".npz" is appended when missing); returns its path.
+        """Write the gallery to one .npz file, which loads without pickle.
 
-        It holds the arrays and a JSON header (format, modality, metadata), and loads without
-        pickle.
+        The file holds the arrays and a JSON header (format, modality, metadata).
+
+        Args:
+            path: the file to write; ".npz" is appended when missing.
+
+        Returns:
+            The path written.
+
+        Raises:
+            TypeError: the metadata is not JSON-serializable.
         """
         path = os.fspath(path)
         if not path.endswith(".npz"):
@@ -190,7 +206,17 @@ class Gallery:
 
     @classmethod
     def load(cls, path):
-        """Reads a gallery written by :meth:`save`."""
+        """Read a gallery written by :meth:`save`.
+
+        Args:
+            path: the .npz file.
+
+        Returns:
+            The Gallery.
+
+        Raises:
+            ValueError: the file is not a saved Gallery, or of another format version.
+        """
         path = os.fspath(path)
         try:
             data = np.load(path, allow_pickle=False)
@@ -361,20 +387,43 @@ class Retriever:
     # ------------------------------------------------------------------ embedding
 
     def embed_images(self, images):
-        """(N, E) float32 L2-normalized ITC features of the images."""
+        """ITC features of images.
+
+        Args:
+            images: file paths, PIL images or arrays, or prepared pixel values (N, C, H, W).
+
+        Returns:
+            (N, E) float32 L2-normalized features.
+        """
         return self._encoded_images(images, keep_states=False)[0]
 
     def embed_texts(self, texts):
-        """(N, E) float32 L2-normalized ITC features of the texts (first token "[CLS]")."""
+        """ITC features of texts (first token "[CLS]").
+
+        Args:
+            texts: a string or a list of strings.
+
+        Returns:
+            (N, E) float32 L2-normalized features.
+        """
         return self._text_features(*self._tokenize(text_list(texts)))
 
     def image_gallery(self, images, ids=None, *, keep_image_states=False, metadata=None):
         """A Gallery of the images' ITC features.
 
-        `ids` default to the file paths when every image is one, else to 0..N-1. ITM
-        re-ranking needs the images' vision states: kept with `keep_image_states` (memory:
-        N * L * D floats, e.g. 1.7 MB per image for ViT-B at 384 px), or else recomputed from
-        the file paths for every query's candidates (slower).
+        ITM re-ranking needs the images' vision states: kept with ``keep_image_states``, or
+        else recomputed from the file paths for every query's candidates (slower).
+
+        Args:
+            images: as :meth:`embed_images`.
+            ids: one unique id per image; default: the file paths when every image is one,
+                else 0..N-1.
+            keep_image_states: keep the vision states in the gallery (memory: N * L * D
+                floats, e.g. 1.7 MB per image for ViT-B at 384 px).
+            metadata: JSON-serializable dict saved with the gallery.
+
+        Returns:
+            An image Gallery.
         """
         if _is_pixel_batch(images):
             paths = None
@@ -395,7 +444,16 @@ class Retriever:
         )
 
     def text_gallery(self, texts, ids=None, *, metadata=None):
-        """A Gallery of the texts' ITC features; `ids` default to 0..N-1."""
+        """A Gallery of the texts' ITC features.
+
+        Args:
+            texts: a string or a list of strings.
+            ids: one unique id per text; default 0..N-1.
+            metadata: JSON-serializable dict saved with the gallery.
+
+        Returns:
+            A text Gallery, which keeps the texts for ITM re-ranking.
+        """
         texts = text_list(texts)
         return Gallery(
             embeddings=self.embed_texts(texts),
@@ -408,11 +466,23 @@ class Retriever:
     # ------------------------------------------------------------------ search
 
     def text_to_image(self, texts, gallery, k=10, *, rerank_k=None):
-        """The k best images of an image gallery for each text: a list of Hit lists.
+        """The k best images of an image gallery for each text.
 
-        With `rerank_k` (>= k) the rerank_k most similar images are re-ranked by ITM match
-        logit + ITC similarity, as the original evaluation (its k_test: 256 on COCO, 128 on
-        Flickr30k).
+        Args:
+            texts: a string or a list of strings.
+            gallery: an image Gallery.
+            k: how many hits per text.
+            rerank_k: if given (>= k), the rerank_k most similar images are re-ranked by ITM
+                match logit + ITC similarity, as the original evaluation (its k_test: 256 on
+                COCO, 128 on Flickr30k).
+
+        Returns:
+            A list of Hit lists, one per text, best first.
+
+        Raises:
+            TypeError: ``gallery`` is not a Gallery.
+            ValueError: a gallery of texts, bad ``k`` / ``rerank_k``, or re-ranking a gallery
+                that kept neither its images' states nor their paths.
         """
         texts = text_list(texts)
         _check_gallery(gallery, "image")
@@ -434,10 +504,22 @@ class Retriever:
         return results
 
     def image_to_text(self, images, gallery, k=10, *, rerank_k=None):
-        """The k best texts of a text gallery for each image: a list of Hit lists.
+        """The k best texts of a text gallery for each image.
 
-        With `rerank_k` (>= k) the rerank_k most similar texts are re-ranked by ITM match
-        logit + ITC similarity, as the original evaluation.
+        Args:
+            images: as :meth:`embed_images`.
+            gallery: a text Gallery.
+            k: how many hits per image.
+            rerank_k: if given (>= k), the rerank_k most similar texts are re-ranked by ITM
+                match logit + ITC similarity, as the original evaluation.
+
+        Returns:
+            A list of Hit lists, one per image, best first.
+
+        Raises:
+            TypeError: ``gallery`` is not a Gallery.
+            ValueError: a gallery of images, bad ``k`` / ``rerank_k``, or re-ranking a gallery
+                without its texts.
         """
         _check_gallery(gallery, "text")
         k, search_k = _search_sizes(k, rerank_k)
@@ -523,12 +605,22 @@ def _hits(gallery, indices, similarities, match_logits, k):
 
 
 def recall_at_k(ranked_ids, relevant, ks=(1, 5, 10)):
-    """Recall@k of ranked results: {k: fraction of queries with a relevant item in the top k}.
+    """Recall@k of ranked results. The original reported 100 x these.
 
-    `ranked_ids`: one ranking per query, best first, of ids (or of Hits, as the searches
-    return). `relevant`: per query, one id or a collection (list, tuple, set) of ids, any of
-    which counts; e.g. each of an image's captions for image->text. A ranking shorter than k
-    counts what it holds, so search with k >= max(ks). The original reported 100 x these.
+    Args:
+        ranked_ids: one ranking per query, best first, of ids (or of Hits, as the searches
+            return). A ranking shorter than k counts what it holds, so search with
+            k >= max(ks).
+        relevant: per query, one id or a collection (list, tuple, set) of ids, any of which
+            counts; e.g. each of an image's captions for image->text.
+        ks: the k values to report.
+
+    Returns:
+        {k: fraction of queries with a relevant item in the top k}.
+
+    Raises:
+        ValueError: no queries, counts that differ, an empty ``ks`` or a query without
+            relevant ids.
     """
     ranked_ids, relevant = list(ranked_ids), list(relevant)
     if not ranked_ids:

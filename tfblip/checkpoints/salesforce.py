@@ -134,7 +134,14 @@ def _original_state_dict(loaded, path):
 
 
 def is_salesforce_checkpoint(path):
-    """Whether `path` is an original Salesforce BLIP checkpoint file (.pth / .pt)."""
+    """Whether a file is an original Salesforce BLIP checkpoint.
+
+    Args:
+        path: the file; only .pth / .pt files that load as a BLIP state dict count.
+
+    Returns:
+        True for an original checkpoint; False otherwise, unreadable files included.
+    """
     path = os.fspath(path)
     if not path.lower().endswith((".pth", ".pt")) or not os.path.isfile(path):
         return False
@@ -431,18 +438,28 @@ def _resize_image(vision, image_size, path):
 
 
 def read_salesforce_checkpoint(path, architecture, image_size=None):
-    """(transformers config dict, transformers state dict) of an original BLIP checkpoint.
+    """Read an original BLIP checkpoint as transformers' config and state dict.
 
-    `architecture` names the transformers model to build: BlipForConditionalGeneration,
-    BlipForQuestionAnswering or BlipForImageTextRetrieval. A pretraining checkpoint
-    (model_base.pth, model_*capfilt_large.pth, model_large.pth) serves all three; a
-    fine-tuned one serves its own task. `image_size` (pixels) resizes the position
-    embeddings as the original code does when a model is built for another resolution;
-    by default the checkpoint's own resolution is kept.
+    A pretraining checkpoint (model_base.pth, model_*capfilt_large.pth, model_large.pth)
+    serves all three architectures; a fine-tuned one serves its own task. Momentum encoders,
+    feature queues, the contrastive temperature and modules the architecture does not use
+    are left out.
 
-    The state dict holds exactly the tensors of transformers' model of that architecture,
-    as torch tensors in PyTorch layouts. Momentum encoders, feature queues, the contrastive
-    temperature and modules the architecture does not use are left out.
+    Args:
+        path: the .pth / .pt file.
+        architecture: the transformers model to build: BlipForConditionalGeneration,
+            BlipForQuestionAnswering or BlipForImageTextRetrieval.
+        image_size: pixels; resizes the position embeddings as the original code does when
+            a model is built for another resolution. Default: the checkpoint's own.
+
+    Returns:
+        (config dict, state dict): the state dict holds exactly the tensors of transformers'
+        model of that architecture, as torch tensors in PyTorch layouts.
+
+    Raises:
+        ValueError: an unknown architecture.
+        SalesforceCheckpointError: BlipModel, or a file that is not an original checkpoint
+            or lacks the architecture's modules.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(

@@ -125,6 +125,7 @@ class DictSource:
         return list(self._tensors)
 
     def shape(self, key):
+        """The tensor's shape, in PyTorch layout."""
         return tuple(self._tensors[key].shape)
 
     def get(self, key, rows=None):

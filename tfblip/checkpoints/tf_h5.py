@@ -141,10 +141,16 @@ def _string_list_attribute(node, name):
 
 
 def is_tf_h5_checkpoint(path):
-    """Whether `path` (a file, or a directory holding tf_model.h5) is a Keras 2 weights file.
+    """Whether a file is a Keras 2 weights file (as transformers' tf_model.h5).
 
-    Only the file's signature and root attributes are read; a missing or unreadable file is
-    not one.
+    Only the file's signature and root attributes are read.
+
+    Args:
+        path: the file, or a directory holding tf_model.h5.
+
+    Returns:
+        True for a Keras 2 weights file; False otherwise, missing or unreadable files
+        included.
     """
     path = _resolve(path)
     try:
@@ -240,10 +246,17 @@ def _read_state(f):
 
 
 def read_tf_h5(path):
-    """{transformers PyTorch key: numpy array in PyTorch layout} of a TF BLIP tf_model.h5.
+    """Read transformers' TF BLIP tf_model.h5 as a PyTorch-layout state dict.
 
-    `path` is the file, or a directory holding tf_model.h5. Raises CheckpointError for a file
-    that is not HDF5, is truncated, or holds weights other than a TFBlip task model's.
+    Args:
+        path: the file, or a directory holding tf_model.h5.
+
+    Returns:
+        {transformers PyTorch key: numpy array in PyTorch layout}.
+
+    Raises:
+        CheckpointError: no file, a git-lfs pointer, or a file that is not HDF5, is truncated,
+            or holds weights other than a TFBlip task model's.
     """
     path = _resolve(path)
     if not os.path.isfile(path):

@@ -53,7 +53,17 @@ _UNEXPORTABLE_OPTIONS = {
 
 
 def task_of(model):
-    """The export task of a model instance ("caption", "vqa", "retrieval" or "features")."""
+    """The export task of a model instance.
+
+    Args:
+        model: a tfblip task model.
+
+    Returns:
+        "caption", "vqa", "retrieval" or "features".
+
+    Raises:
+        TypeError: a model no task exports.
+    """
     for task, model_class in TASKS.items():
         if type(model) is model_class:
             return task

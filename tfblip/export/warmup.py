@@ -42,9 +42,15 @@ def _field(number, payload):
 
 
 def prediction_log(signature_name, inputs, model_name=""):
-    """A serialized PredictionLog holding one PredictRequest for `signature_name`.
+    """A serialized PredictionLog holding one PredictRequest.
 
-    `inputs` maps input names to arrays (anything `tf.make_tensor_proto` takes).
+    Args:
+        signature_name: the serving signature the request calls.
+        inputs: input names to arrays (anything `tf.make_tensor_proto` takes).
+        model_name: the model name of the request's model spec, if any.
+
+    Returns:
+        The record's bytes.
     """
     model_spec = _field(_MODEL_SPEC_SIGNATURE_NAME, signature_name.encode())
     if model_name:
@@ -59,7 +65,15 @@ def prediction_log(signature_name, inputs, model_name=""):
 
 
 def write_warmup_requests(export_dir, requests):
-    """Writes `requests` [(signature_name, inputs)] to the export's warm-up file."""
+    """Write TensorFlow Serving's warm-up file of an export.
+
+    Args:
+        export_dir: the SavedModel directory.
+        requests: (signature_name, inputs) pairs, as :func:`prediction_log` takes them.
+
+    Returns:
+        The path of the file written (``assets.extra/tf_serving_warmup_requests``).
+    """
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:

@@ -300,7 +300,14 @@ class GraphTokenizer(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def tokenize(self, texts):
-        """Strings [B] -> (input_ids, attention_mask), int32 [B, L]."""
+        """Tokenize texts as the processor does, in the graph.
+
+        Args:
+            texts: string tensor [B]; invalid UTF-8 reads as U+FFFD.
+
+        Returns:
+            (input_ids, attention_mask), int32 [B, L], padded to the longest text.
+        """
         # The library only ever sees valid text; invalid UTF-8 reads as U+FFFD, as in decoding.
         texts = tf.strings.unicode_transcode(
             texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
@@ -324,7 +331,14 @@ class GraphTokenizer(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
     def detokenize(self, token_ids):
-        """Ids int32 [B, L] -> strings [B], special tokens and unknown ids left out."""
+        """Decode token ids to texts, as the processor's batch_decode, in the graph.
+
+        Args:
+            token_ids: int32 [B, L].
+
+        Returns:
+            String tensor [B], special tokens and unknown ids left out.
+        """
         tokens = self._id_to_token.lookup(tf.cast(token_ids, tf.int64))
         tokens = tf.ragged.boolean_mask(tokens, tokens != _MARK)
         flat = tokens.flat_values
@@ -374,8 +388,14 @@ class GraphTokenizer(tf.Module):
         return words.with_flat_values(self._word_pieces(words.flat_values)).merge_dims(1, 2)
 
     def split_words(self, texts):
-        """Normalized, pre-tokenized words of each text (added tokens not split off):
-        strings [N] -> [N, (W)]."""
+        """The normalized, pre-tokenized words that WordPiece receives.
+
+        Args:
+            texts: string tensor [N]; added tokens are not split off.
+
+        Returns:
+            Ragged string tensor [N, (W)].
+        """
         code_points = tf.strings.unicode_decode(texts, "UTF-8", errors="replace")
         flat = code_points.flat_values
         classes = tf.gather(
