@@ -5,7 +5,6 @@ functions per iterator), so tests share batches where they can.
 """
 
 import csv
-import inspect
 import json
 
 import numpy as np
@@ -477,38 +476,6 @@ def test_source_errors_name_the_file_and_line(photo_dir, name, content, error, m
     (photo_dir / name).write_text(content)
     with pytest.raises(error, match=message):
         read_records(photo_dir / name, ("image", "text"))
-
-
-PIPELINE_KEYWORDS = (
-    "training=True, batch_size=8, shuffle=None, seed=None, drop_remainder=False, "
-    "padding='longest', max_length=None, skip_corrupt=False, validate=False"
-)
-
-
-@pytest.mark.parametrize(
-    "builder, own_keywords",
-    [
-        (caption_dataset, "prompt=''"),
-        (vqa_dataset, ""),
-        (contrastive_dataset, ""),
-        (retrieval_dataset, "objective='itm', negatives_per_pair=1"),
-    ],
-)
-def test_builders_take_their_own_then_the_pipeline_keywords(builder, own_keywords):
-    parameters = inspect.signature(builder).parameters.values()
-    shown = ", ".join(
-        f"{p.name}={p.default!r}" if p.default is not p.empty else p.name for p in parameters
-    )
-    assert shown == ", ".join(filter(None, ["source, processor", own_keywords, PIPELINE_KEYWORDS]))
-    assert all(p.kind == p.KEYWORD_ONLY for p in list(parameters)[2:])
-    with pytest.raises(
-        TypeError, match=rf"{builder.__name__}\(\) got an unexpected keyword argument 'batchsize'"
-    ):
-        builder([], None, batchsize=4)
-    with pytest.raises(TypeError, match="too many positional arguments"):
-        builder([], None, True)
-    with pytest.raises(ValueError, match="padding must be 'longest' or 'max_length'"):
-        builder([], None, padding="shortest")
 
 
 def test_list_source_errors(pairs):

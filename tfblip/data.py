@@ -77,8 +77,6 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import errno
-import functools
-import inspect
 import itertools
 import json
 import os
@@ -287,54 +285,13 @@ class _Options:
     validate: bool
 
 
-# The pipeline keywords every builder takes after its own: name -> (annotation, default).
-_PIPELINE_KEYWORDS = {
-    "training": ("bool", True),
-    "batch_size": ("int", 8),
-    "shuffle": ("bool | None", None),
-    "seed": ("int | None", None),
-    "drop_remainder": ("bool", False),
-    "padding": ("str", "longest"),
-    "max_length": ("int | None", None),
-    "skip_corrupt": ("bool", False),
-    "validate": ("bool", False),
-}
-
-
-def _dataset_builder(function: Callable) -> Callable:
-    """Gives a builder the pipeline keywords, declared once here rather than in each builder.
-
-    ``function(source, processor, *, <its own keywords>, options)`` becomes the public
-    ``builder(source, processor, *, <its own keywords>, training=True, ..., validate=False)``,
-    which checks the pipeline keywords first (:func:`_options`) and passes them as ``options``.
-    """
-    own = inspect.signature(function)
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    signature = own.replace(
-        parameters=[parameter for name, parameter in own.parameters.items() if name != "options"]
-        + [
-            inspect.Parameter(name, keyword, default=default, annotation=annotation)
-            for name, (annotation, default) in _PIPELINE_KEYWORDS.items()
-        ]
-    )
-
-    @functools.wraps(function)
-    def builder(*args, **kwargs):
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError as error:  # name the builder, as Python's own message does
-            raise TypeError(f"{function.__name__}() {error}") from None
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        options = _options({name: arguments.pop(name) for name in _PIPELINE_KEYWORDS})
-        return function(**arguments, options=options)
-
-    builder.__signature__ = signature
-    return builder
-
-
 def _options(arguments: dict[str, Any]) -> _Options:
-    """The checked pipeline options of a builder call (its ``_PIPELINE_KEYWORDS``)."""
+    """The checked pipeline options of a builder call.
+
+    Every builder takes the same pipeline arguments (``training``, ``batch_size``, ...,
+    ``validate``) and passes its ``locals()`` as its first statement, so that they are read
+    and checked in this one place.
+    """
     training, batch_size, shuffle, seed, drop_remainder = (
         arguments[name] for name in ("training", "batch_size", "shuffle", "seed", "drop_remainder")
     )
@@ -710,9 +667,20 @@ def _padded_batches(
 # --------------------------------------------------------------------------------------------
 
 
-@_dataset_builder
 def caption_dataset(
-    source: Any, processor: BlipProcessor, *, prompt: str = "", options: _Options
+    source: Any,
+    processor: BlipProcessor,
+    *,
+    prompt: str = "",
+    training: bool = True,
+    batch_size: int = 8,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    padding: str = "longest",
+    max_length: int | None = None,
+    skip_corrupt: bool = False,
+    validate: bool = False,
 ) -> tf.data.Dataset:
     """Captioning batches for ``TFBlipForConditionalGeneration`` (see the module docstring).
 
@@ -733,14 +701,8 @@ def caption_dataset(
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids``,
         ``attention_mask`` and ``labels``.
-
-    Raises:
-        TypeError: ``processor`` is not a BlipProcessor, or a record or prompt of the wrong type.
-        ValueError: a bad option, source or record, images that cannot be decoded (without
-            ``skip_corrupt``), or a prompt that leaves no room for captions.
-        FileNotFoundError: the source file or an image file does not exist.
     """
-    max_length = options.max_length
+    options = _options(locals())
     _check_processor(processor)
     if processor.bos_token_id is None:
         raise ValueError("the processor's tokenizer has no bos token ([DEC]) to start captions")
@@ -771,26 +733,31 @@ def caption_dataset(
     return _build(records, processor, options, make_tables, _labelled_example)
 
 
-@_dataset_builder
-def vqa_dataset(source: Any, processor: BlipProcessor, *, options: _Options) -> tf.data.Dataset:
+def vqa_dataset(
+    source: Any,
+    processor: BlipProcessor,
+    *,
+    training: bool = True,
+    batch_size: int = 8,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    padding: str = "longest",
+    max_length: int | None = None,
+    skip_corrupt: bool = False,
+    validate: bool = False,
+) -> tf.data.Dataset:
     """VQA batches for ``TFBlipForQuestionAnswering`` (see the module docstring).
 
-    Args:
-        source: (image path, question, answer) tuples, or a JSONL / CSV file with ``image``,
-            ``question``, ``answer``.
-        processor: the checkpoint's :class:`~tfblip.processing.BlipProcessor`.
-        training, batch_size, shuffle, seed, drop_remainder, padding, max_length, skip_corrupt,
-            validate: as :func:`caption_dataset`; ``padding`` and ``max_length`` apply to
-            questions and answers alike.
+    ``source``: (image path, question, answer) tuples, or a JSONL / CSV file with ``image``,
+    ``question``, ``answer``. ``padding`` and ``max_length`` apply to questions and answers
+    alike. The other arguments are :func:`caption_dataset`'s.
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask`` (the question) and ``labels`` (the answer).
-
-    Raises:
-        TypeError, ValueError, FileNotFoundError: as :func:`caption_dataset`.
     """
-    max_length = options.max_length
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, VQA_COLUMNS)
 
@@ -806,28 +773,33 @@ def vqa_dataset(source: Any, processor: BlipProcessor, *, options: _Options) -> 
     return _build(records, processor, options, make_tables, _labelled_example)
 
 
-@_dataset_builder
 def contrastive_dataset(
-    source: Any, processor: BlipProcessor, *, options: _Options
+    source: Any,
+    processor: BlipProcessor,
+    *,
+    training: bool = True,
+    batch_size: int = 8,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    padding: str = "longest",
+    max_length: int | None = None,
+    skip_corrupt: bool = False,
+    validate: bool = False,
 ) -> tf.data.Dataset:
     """(image, text) pair batches for ``TFBlipModel``'s contrastive loss.
 
-    Args:
-        source: (image path, text) tuples, or a JSONL / CSV file with ``image``, ``text``.
-        processor: the checkpoint's :class:`~tfblip.processing.BlipProcessor`.
-        training, batch_size, shuffle, seed, drop_remainder, padding, max_length, skip_corrupt,
-            validate: as :func:`caption_dataset`.
+    ``source``: (image path, text) tuples, or a JSONL / CSV file with ``image``, ``text``. The
+    other arguments are :func:`caption_dataset`'s.
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask``.
-
-    Raises:
-        TypeError, ValueError, FileNotFoundError: as :func:`caption_dataset`.
     """
+    options = _options(locals())
     _check_processor(processor)
     records = read_records(source, PAIR_COLUMNS)
-    return _build(records, processor, options, *_pair_functions(processor, options.max_length))
+    return _build(records, processor, options, *_pair_functions(processor, max_length))
 
 
 def _pair_functions(processor: BlipProcessor, max_length: int | None) -> tuple[Callable, Callable]:
@@ -851,39 +823,43 @@ def _labelled_example(tables: dict, index: tf.Tensor, seed: tf.Tensor, pixel_val
     return {**_pair_example(tables, index, seed, pixel_values), "labels": tables["labels"][index]}
 
 
-@_dataset_builder
 def retrieval_dataset(
     source: Any,
     processor: BlipProcessor,
     *,
     objective: str = "itm",
     negatives_per_pair: int = 1,
-    options: _Options,
+    training: bool = True,
+    batch_size: int = 8,
+    shuffle: bool | None = None,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    padding: str = "longest",
+    max_length: int | None = None,
+    skip_corrupt: bool = False,
+    validate: bool = False,
 ) -> tf.data.Dataset:
     """Batches for ``TFBlipForImageTextRetrieval`` (see the module docstring).
 
     Args:
         source: (image path, text) tuples, or a JSONL / CSV file with ``image``, ``text``.
-        processor: the checkpoint's :class:`~tfblip.processing.BlipProcessor`.
         objective: "itm" (image-text matching: positive and negative examples with ``labels``)
             or "itc" (contrastive: pairs, no labels).
         negatives_per_pair: with "itm", how many negatives follow each positive; each is the
             text of a record drawn independently and uniformly from those whose text the data
             never pairs with the image.
-        training, batch_size, shuffle, seed, drop_remainder, padding, max_length, skip_corrupt,
-            validate: as :func:`caption_dataset`; ``batch_size`` counts examples, so an ITM
-            batch holds ``batch_size / (1 + negatives_per_pair)`` records.
+        The others: as :func:`caption_dataset`. ``batch_size`` counts examples, so an ITM batch
+        holds ``batch_size / (1 + negatives_per_pair)`` records.
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids``,
         ``attention_mask`` and, for "itm", int32 ``labels`` (B,): 1 match, 0 no match.
 
     Raises:
-        TypeError, FileNotFoundError: as :func:`caption_dataset`.
-        ValueError: as :func:`caption_dataset`; also, with "itm", an image whose every text in
+        ValueError: (besides bad options and sources) with "itm", an image whose every text in
             the data is one of its own, leaving no negative to draw.
     """
-    max_length = options.max_length
+    options = _options(locals())
     if objective not in _OBJECTIVES:
         raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}")
     negatives_per_pair = positive_int("negatives_per_pair", negatives_per_pair)
