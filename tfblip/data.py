@@ -749,13 +749,20 @@ def vqa_dataset(
 ) -> tf.data.Dataset:
     """VQA batches for ``TFBlipForQuestionAnswering`` (see the module docstring).
 
-    ``source``: (image path, question, answer) tuples, or a JSONL / CSV file with ``image``,
-    ``question``, ``answer``. ``padding`` and ``max_length`` apply to questions and answers
-    alike. The other arguments are :func:`caption_dataset`'s.
+    Args:
+        source: (image path, question, answer) tuples, or a JSONL / CSV file with ``image``,
+            ``question``, ``answer``.
+        processor: the checkpoint's :class:`~tfblip.processing.BlipProcessor`.
+        training, batch_size, shuffle, seed, drop_remainder, padding, max_length, skip_corrupt,
+            validate: as :func:`caption_dataset`; ``padding`` and ``max_length`` apply to
+            questions and answers alike.
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask`` (the question) and ``labels`` (the answer).
+
+    Raises:
+        TypeError, ValueError, FileNotFoundError: as :func:`caption_dataset`.
     """
     options = _options(locals())
     _check_processor(processor)
@@ -789,12 +796,18 @@ def contrastive_dataset(
 ) -> tf.data.Dataset:
     """(image, text) pair batches for ``TFBlipModel``'s contrastive loss.
 
-    ``source``: (image path, text) tuples, or a JSONL / CSV file with ``image``, ``text``. The
-    other arguments are :func:`caption_dataset`'s.
+    Args:
+        source: (image path, text) tuples, or a JSONL / CSV file with ``image``, ``text``.
+        processor: the checkpoint's :class:`~tfblip.processing.BlipProcessor`.
+        training, batch_size, shuffle, seed, drop_remainder, padding, max_length, skip_corrupt,
+            validate: as :func:`caption_dataset`.
 
     Returns:
         A ``tf.data.Dataset`` of dicts with ``pixel_values``, ``input_ids`` and
         ``attention_mask``.
+
+    Raises:
+        TypeError, ValueError, FileNotFoundError: as :func:`caption_dataset`.
     """
     options = _options(locals())
     _check_processor(processor)
