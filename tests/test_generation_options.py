@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfblip.generation import processors
 from tfblip.generation.decoding import generate
 from tfblip.generation.options import GenerationOptions
-from tfblip.generation.processors import (
-    MinLength,
-    MinNewTokens,
-    NoRepeatNGram,
-    RepetitionPenalty,
-    Temperature,
-    TopK,
-    TopP,
-    logits_processors,
-)
 
 EOS, PAD, VOCAB = 1, 0, 6
 
@@ -159,13 +150,13 @@ def test_processors_follow_transformers_order():
         min_length=3,
         min_new_tokens=1,
     )
-    assert logits_processors(options, EOS) == [
-        RepetitionPenalty(1.2),
-        NoRepeatNGram(2),
-        MinLength(3, EOS),
-        MinNewTokens(1, EOS),
-        Temperature(0.7),
-        TopK(5),
-        TopP(0.9),
+    assert processors.logits_processors(options, EOS) == [
+        (processors.repetition_penalty, 1.2),
+        (processors.no_repeat_ngram, 2),
+        (processors.min_length, 3, EOS),
+        (processors.min_new_tokens, 1, EOS),
+        (processors.temperature, 0.7),
+        (processors.top_k, 5),
+        (processors.top_p, 0.9),
     ]
-    assert logits_processors(GenerationOptions(temperature=0.7, top_p=0.9), EOS) == []
+    assert processors.logits_processors(GenerationOptions(temperature=0.7, top_p=0.9), EOS) == []
