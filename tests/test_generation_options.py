@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfblip.generation import processors
 from tfblip.generation.decoding import generate
 from tfblip.generation.options import GenerationOptions
+from tfblip.generation.prompts import shift_rows
 
 EOS, PAD, VOCAB = 1, 0, 6
 
@@ -160,3 +161,13 @@ def test_processors_follow_transformers_order():
         (processors.top_p, 0.9),
     ]
     assert processors.logits_processors(GenerationOptions(temperature=0.7, top_p=0.9), EOS) == []
+
+
+def test_shift_rows_right_aligns_prompts_and_back():
+    ids = tf.constant([[5, 6, 7], [5, 6, 0]])
+    offsets = tf.constant([0, 1])
+    aligned = shift_rows(ids, -offsets, 3, PAD)
+    np.testing.assert_array_equal(aligned, [[5, 6, 7], [PAD, 5, 6]])
+    np.testing.assert_array_equal(
+        shift_rows(aligned, offsets, 4, EOS), [[5, 6, 7, 1], [5, 6, 1, 1]]
+    )

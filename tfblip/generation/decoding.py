@@ -47,18 +47,17 @@ def decode(
 
     Args:
         step: the decoder step (see the module docstring).
-        encoder_states: (B, S, D) states the decoder cross-attends to; encoder_mask: (B, S).
-        input_ids: (B, P) prompts starting with bos, without [SEP], right-padded under
-            attention_mask (B, P).
+        encoder_states, encoder_mask: (B, S, D) states the decoder cross-attends to, (B, S).
+        input_ids, attention_mask: (B, P) prompts starting with bos, without [SEP], right-padded.
         options: the GenerationOptions.
         seed: an int64 scalar tensor, for sampling.
         max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
             None to take it from the data in the graph (SavedModel export).
 
     Returns:
-        A dict: "sequences" laid out as transformers does (each row's prompt, its new tokens,
-        then padding; columns from "width" on are padding to cut), "width", "steps", "scores"
-        (steps, rows, vocab) with output_scores, and "sequences_scores" for beam search.
+        A dict: "sequences" laid out as transformers does, padding from column "width" on;
+        "steps"; "scores" (steps, rows, vocab) with output_scores; "sequences_scores" for
+        beam search.
     """
     eos, pad = step.eos_token_id, step.pad_token_id
     # transformers fills beam outputs with `pad_token_id or eos_token_id`: a pad id of 0 counts
@@ -67,24 +66,23 @@ def decode(
     lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
     width = tf.shape(input_ids)[1]
     offsets = width - lengths
-    ids = shift_rows(tf.cast(input_ids, tf.int32), -offsets, width, pad)
-    mask = shift_rows(tf.ones_like(ids), -offsets, width, 0)
     allowed = allowed_new_tokens(lengths, options, step.max_positions)
     if max_new is None:
         max_new = tf.reduce_max(allowed)
         tf.debugging.assert_positive(
             max_new, message="The prompt leaves no room to generate within max_length."
         )
+    ids = shift_rows(tf.cast(input_ids, tf.int32), -offsets, width, pad)
     copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
     # One row per beam or returned sequence.
-    ids, mask, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
+    ids, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
         tf.repeat(x, copies, axis=0)
-        for x in (ids, mask, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
+        for x in (ids, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
     )
     buffer = tf.pad(ids, [[0, 0], [0, max_new]], constant_values=fill)
-    prompt = Prompt(buffer, mask, lengths, allowed, width, max_new)
+    prompt = Prompt(buffer, lengths, allowed, width, max_new)
     next_logits = step.bind(encoder_states, encoder_mask)
-    full_mask = tf.pad(mask, [[0, 0], [0, max_new]], constant_values=1)
+    full_mask = tf.cast(tf.range(width + max_new)[None, :] >= row_offsets[:, None], tf.int32)
 
     def extend(tokens, column, cache, prefill=False):
         positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
@@ -111,10 +109,9 @@ def decode(
         maximum_iterations=max_new,
     )
     result = finish(state, steps)
-    result["steps"] = steps
     # An unwritten TensorArray cannot be stacked: an empty placeholder instead.
     result["scores"] = scores.stack() if options.output_scores else tf.zeros((0,))
-    result["width"] = width + result.pop("new")
+    result["steps"], result["width"] = steps, width + result.pop("new")
     # Laid out at the full width, a static shape for XLA; callers cut it to "width".
     offsets = tf.repeat(offsets, options.num_return_sequences, axis=0)
     result["sequences"] = shift_rows(result["sequences"], offsets, width + max_new, fill)
@@ -122,10 +119,8 @@ def decode(
 
 
 def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
-    """`decode` run eagerly, returning what transformers' generate returns.
-
-    One tf.function per graph-shaping options (`options.graph_options()`) and length is kept
-    in `step.functions` and reused.
+    """`decode` run eagerly, returning what transformers' generate returns; one tf.function
+    per graph-shaping options (`options.graph_options()`) and length is kept in `step.functions`.
 
     Args:
         step, encoder_states, encoder_mask, input_ids, attention_mask, options: as `decode`.
@@ -134,8 +129,8 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
         The int32 token ids, or a GenerateOutput with return_dict_in_generate.
 
     Raises:
-        ValueError: the prompt leaves no room to generate, or generating needs more positions
-            than the model has.
+        ValueError: the prompt leaves no room to generate, or needs more positions than the
+            model has.
     """
     ids, mask = tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32)
     lengths = tf.reduce_sum(mask, axis=1)
@@ -168,7 +163,7 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
     if not options.return_dict_in_generate:
         return sequences
     if not options.output_scores:
-        return GenerateOutput(sequences=sequences, scores=None, sequences_scores=None)
+        return GenerateOutput(sequences=sequences)
     scores = tuple(tf.unstack(result["scores"][: int(result["steps"])]))
     sequences_scores = result.get("sequences_scores")
     return GenerateOutput(sequences=sequences, scores=scores, sequences_scores=sequences_scores)

@@ -1,7 +1,5 @@
-"""Logits processors and sampling warpers, as transformers' classes, as plain functions.
-
-Each maps (N, vocab) scores, the decoding `History` and its settings to new scores.
-"""
+"""transformers' logits processors and sampling warpers as functions of (N, vocab) scores,
+the decoding `History` and their settings."""
 
 import collections
 
@@ -84,15 +82,15 @@ def top_p(scores, history, p):
 def logits_processors(options, eos_token_id):
     """The (function, *settings) the GenerationOptions ask for, in transformers' order; with
     do_sample, the sampling warpers (temperature, top-k, top-p) follow."""
-    o, sample = options, options.do_sample
+    sample = options.do_sample
     wanted = [
-        (o.repetition_penalty != 1.0, repetition_penalty, o.repetition_penalty),
-        (o.no_repeat_ngram_size > 0, no_repeat_ngram, o.no_repeat_ngram_size),
-        (o.min_length > 0, min_length, o.min_length, eos_token_id),
-        (bool(o.min_new_tokens), min_new_tokens, o.min_new_tokens, eos_token_id),
-        (sample and o.temperature != 1.0, temperature, o.temperature),
-        (sample and bool(o.top_k), top_k, o.top_k),
-        (sample and o.top_p < 1.0, top_p, o.top_p),
+        (options.repetition_penalty != 1.0, repetition_penalty, options.repetition_penalty),
+        (options.no_repeat_ngram_size > 0, no_repeat_ngram, options.no_repeat_ngram_size),
+        (options.min_length > 0, min_length, options.min_length, eos_token_id),
+        (bool(options.min_new_tokens), min_new_tokens, options.min_new_tokens, eos_token_id),
+        (sample and options.temperature != 1.0, temperature, options.temperature),
+        (sample and bool(options.top_k), top_k, options.top_k),
+        (sample and options.top_p < 1.0, top_p, options.top_p),
     ]
     return [tuple(processor) for used, *processor in wanted if used]
 
@@ -101,10 +99,10 @@ def apply_processors(processors, scores, prompt, sequences, step):
     """`scores` through each processor in turn, seeing the (N, width + max_new) `sequences`
     after `step` new tokens: every column the loop wrote is real (as in transformers)."""
     column = prompt.width + step
-    positions = tf.range(tf.shape(sequences)[1])
-    generated = (positions >= prompt.width) & (positions < column)
-    real_prompt = tf.pad(tf.cast(prompt.mask, tf.bool), [[0, 0], [0, prompt.max_new]])
-    history = History(sequences, real_prompt | generated[None, :], step, column, prompt.lengths)
+    positions = tf.range(tf.shape(sequences)[1])[None, :]
+    # Each row's prompt ends where the generated tokens start, at column `width`.
+    valid = (positions >= prompt.width - prompt.lengths[:, None]) & (positions < column)
+    history = History(sequences, valid, step, column, prompt.lengths)
     for function, *settings in processors:
         scores = function(scores, history, *settings)
     return scores

@@ -1,17 +1,14 @@
-"""Prompt layout: BLIP's prompt preparation, and the right-aligned rows decoding works on.
-
-Prompts of different lengths end in the same column of the decoding buffer (with per-row
-position ids), so every row generates exactly what it would alone.
-"""
+"""Prompt layout: BLIP's prompt preparation, and the right-aligned rows decoding works on:
+prompts end in the same column (with per-row position ids), so each row decodes as alone."""
 
 import collections
 
 import tensorflow as tf
 
 # Right-aligned prompts, one row per beam or returned sequence: the (N, width + max_new)
-# decoding `buffer` (the prompts, then filling), the (N, width) prompt `mask`, (N,) `lengths`
-# and `allowed` new tokens, and the `width` and `max_new` columns.
-Prompt = collections.namedtuple("Prompt", "buffer mask lengths allowed width max_new")
+# decoding `buffer` (the prompts, then filling), (N,) prompt `lengths` and `allowed` new
+# tokens, and the `width` and `max_new` columns.
+Prompt = collections.namedtuple("Prompt", "buffer lengths allowed width max_new")
 
 
 def drop_last_token(input_ids, attention_mask):

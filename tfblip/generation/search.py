@@ -1,8 +1,7 @@
-"""The token choices of greedy search, sampling and beam search (as transformers 5's).
+"""Greedy search, sampling and beam search (as transformers 5's), as decoding's loop runs them.
 
-Each search returns the loop state decoding starts from, with an (N,) or (B, 1) "open" flag
-(rows still decoding), and `advance(step, state, logits, cache)` -> (state, tokens, cache,
-processed scores), the work of one step; `finish(state)` gives the result.
+Each returns its start state (a dict whose "open" rows keep decoding), `advance(step, state,
+logits, cache)` -> (state, next tokens, cache, processed scores), and `finish(state, steps)`.
 """
 
 import tensorflow as tf
@@ -28,7 +27,7 @@ def greedy_search(prompt, processors, options, token_ids, seed):
         scores = apply_processors(processors, logits, prompt, state["sequences"], step)
         if options.do_sample:
             step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
-            choice = tf.random.stateless_categorical(scores, 1, seed=step_seed, dtype=tf.int32)
+            choice = tf.cast(tf.random.stateless_categorical(scores, 1, seed=step_seed), tf.int32)
         else:
             choice = tf.argmax(scores, axis=-1, output_type=tf.int32)[:, None]
         tokens = tf.where(state["open"], choice[:, 0], pad)
@@ -38,20 +37,14 @@ def greedy_search(prompt, processors, options, token_ids, seed):
         }
         return state, tokens[:, None], cache, scores
 
-    def finish(state, steps):
-        return {"sequences": state["sequences"], "new": steps}
-
     state = {"sequences": prompt.buffer, "open": tf.ones_like(prompt.lengths, tf.bool)}
-    return state, advance, finish
+    return state, advance, lambda state, steps: {"sequences": state["sequences"], "new": steps}
 
 
 def beam_search(prompt, processors, options, token_ids, seed):
-    """Beam search over rows holding `options.num_beams` copies of each input.
-
-    Each step keeps the top 2K candidates of an input's K beams (processors apply to
-    log-probabilities); finished hypotheses are kept apart with their length-normalized
-    scores, under transformers' early-stopping heuristics.
-    """
+    """Beam search over K = num_beams rows per input: each step keeps the top 2K candidates
+    (processors apply to log-probabilities); finished hypotheses compete apart on their
+    length-normalized scores, under transformers' early-stopping heuristics."""
     beams, keep = options.num_beams, 2 * options.num_beams  # transformers: max(2, 1 + eos ids)
     length_penalty, early_stopping = options.length_penalty, options.early_stopping
     rows, total = tf.shape(prompt.buffer)[0], prompt.width + prompt.max_new
@@ -113,10 +106,8 @@ def beam_search(prompt, processors, options, token_ids, seed):
         finished = gather_beams(tf.concat([state["finished"], just_finished], 1), best)
 
         # transformers' heuristic: can a running beam still beat the worst finished one?
-        if early_stopping == "never" and length_penalty > 0.0:
-            best_length = tf.cast(allowed, tf.float32)
-        else:
-            best_length = tf.cast(step + 1, tf.float32)
+        longest = early_stopping == "never" and length_penalty > 0.0
+        best_length = tf.cast(allowed if longest else step + 1, tf.float32)
         best_running = running_scores[:, :1] / best_length**length_penalty
         all_finished = tf.reduce_all(finished, axis=1, keepdims=True)
         worst_finished = tf.where(
