@@ -1,7 +1,8 @@
-"""Greedy search, sampling and beam search (as transformers 5's), as decoding's loop runs them.
+"""Greedy search, sampling and beam search (as transformers 5's), for decoding's token loop.
 
-Each returns its start state (a dict whose "open" rows keep decoding), `advance(step, state,
-logits, cache)` -> (state, next tokens, cache, processed scores), and `finish(state, steps)`.
+Each, called with (prompt, processors, options, (eos, fill token), seed), returns its start
+state (a dict whose "open" rows keep decoding), `advance(step, state, logits, cache)` ->
+(state, next tokens, cache, processed scores), and `finish(state, steps)` -> its results.
 """
 
 import tensorflow as tf
