@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfblip.generation import processors
 from tfblip.generation.decoding import generate
 from tfblip.generation.options import GenerationOptions
-from tfblip.generation.processors import (
-    MinLength,
-    MinNewTokens,
-    NoRepeatNGram,
-    RepetitionPenalty,
-    Temperature,
-    TopK,
-    TopP,
-    logits_processors,
-)
+from tfblip.generation.prompts import shift_rows
 
 EOS, PAD, VOCAB = 1, 0, 6
 
@@ -159,13 +151,23 @@ def test_processors_follow_transformers_order():
         min_length=3,
         min_new_tokens=1,
     )
-    assert logits_processors(options, EOS) == [
-        RepetitionPenalty(1.2),
-        NoRepeatNGram(2),
-        MinLength(3, EOS),
-        MinNewTokens(1, EOS),
-        Temperature(0.7),
-        TopK(5),
-        TopP(0.9),
+    assert processors.logits_processors(options, EOS) == [
+        (processors.repetition_penalty, 1.2),
+        (processors.no_repeat_ngram, 2),
+        (processors.min_length, 3, EOS),
+        (processors.min_new_tokens, 1, EOS),
+        (processors.temperature, 0.7),
+        (processors.top_k, 5),
+        (processors.top_p, 0.9),
     ]
-    assert logits_processors(GenerationOptions(temperature=0.7, top_p=0.9), EOS) == []
+    assert processors.logits_processors(GenerationOptions(temperature=0.7, top_p=0.9), EOS) == []
+
+
+def test_shift_rows_right_aligns_prompts_and_back():
+    ids = tf.constant([[5, 6, 7], [5, 6, 0]])
+    offsets = tf.constant([0, 1])
+    aligned = shift_rows(ids, -offsets, 3, PAD)
+    np.testing.assert_array_equal(aligned, [[5, 6, 7], [PAD, 5, 6]])
+    np.testing.assert_array_equal(
+        shift_rows(aligned, offsets, 4, EOS), [[5, 6, 7, 1], [5, 6, 1, 1]]
+    )

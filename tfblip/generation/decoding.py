@@ -1,13 +1,11 @@
-"""The decoding after the encoders: prompt layout, the search the options pick, the result.
+"""The decoding after the encoders: prompt layout, the token loop, transformers' results.
 
-The token loop runs in one `tf.function` (a `tf.while_loop`), optionally compiled with XLA,
-with plain TensorFlow ops and static shapes; self-attention keys/values live in buffers of the
-final length. The model is reached through a decoder step (such as
-`tfblip.modeling.decoder_step.DecoderStep`): an object with `eos_token_id`, `pad_token_id`,
-`max_positions`, `functions` (a dict keeping the compiled loops as long as the model),
-`empty_cache(rows, length)` and `bind(encoder_states, encoder_mask)`, which returns
-`next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32 logits of
-the last token, cache).
+The loop is one `tf.while_loop` with static shapes (XLA-compilable) in a `tf.function`. The
+model is reached through a decoder step such as `tfblip.modeling.decoder_step.DecoderStep`:
+`eos_token_id`, `pad_token_id`, `max_positions`, `functions` (the compiled loops, kept as long
+as the model), `empty_cache(rows, length)` and `bind(encoder_states, encoder_mask)`, which
+returns `next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32
+logits of the last token, cache).
 """
 
 import functools
@@ -15,11 +13,9 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from tfblip.generation.beam import beam_fill, beam_search
-from tfblip.generation.greedy import argmax, greedy_search
 from tfblip.generation.processors import logits_processors
-from tfblip.generation.prompts import Prompt, align_right, to_transformers_layout
-from tfblip.generation.sampling import seeded_draw
+from tfblip.generation.prompts import Prompt, shift_rows
+from tfblip.generation.search import beam_search, greedy_search
 from tfblip.outputs import register_output
 
 # With neither max_length nor max_new_tokens set, transformers 5 generates this many new tokens
@@ -51,70 +47,80 @@ def decode(
 
     Args:
         step: the decoder step (see the module docstring).
-        encoder_states: (B, S, D) states the decoder cross-attends to; encoder_mask: (B, S).
-        input_ids: (B, P) prompts starting with bos, without [SEP], right-padded under
-            attention_mask (B, P).
+        encoder_states, encoder_mask: (B, S, D) states the decoder cross-attends to, (B, S).
+        input_ids, attention_mask: (B, P) prompts starting with bos, without [SEP], right-padded.
         options: the GenerationOptions.
         seed: an int64 scalar tensor, for sampling.
         max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
             None to take it from the data in the graph (SavedModel export).
 
     Returns:
-        A dict: "sequences" laid out as transformers does (each row's prompt, its new tokens,
-        then padding; columns from "width" on are padding to cut), "width", "steps", "scores"
-        (steps, rows, vocab) with output_scores, and "sequences_scores" for beam search.
+        A dict: "sequences" laid out as transformers does, padding from column "width" on;
+        "steps"; "scores" (steps, rows, vocab) with output_scores; "sequences_scores" for
+        beam search.
     """
-    token_ids = (step.eos_token_id, step.pad_token_id)
-    ids, mask, offsets = align_right(
-        tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32), step.pad_token_id
-    )
-    lengths = tf.reduce_sum(mask, axis=1)
+    eos, pad = step.eos_token_id, step.pad_token_id
+    # transformers fills beam outputs with `pad_token_id or eos_token_id`: a pad id of 0 counts
+    # as unset, so BLIP's beam outputs end in [SEP]s.
+    fill = (pad or eos) if options.num_beams > 1 else pad
+    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    width = tf.shape(input_ids)[1]
+    offsets = width - lengths
     allowed = allowed_new_tokens(lengths, options, step.max_positions)
     if max_new is None:
         max_new = tf.reduce_max(allowed)
         tf.debugging.assert_positive(
             max_new, message="The prompt leaves no room to generate within max_length."
         )
-    width = tf.shape(ids)[1]
+    ids = shift_rows(tf.cast(input_ids, tf.int32), -offsets, width, pad)
     copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
     # One row per beam or returned sequence.
-    ids, mask, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
+    ids, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
         tf.repeat(x, copies, axis=0)
-        for x in (ids, mask, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
+        for x in (ids, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
     )
-    prompt = Prompt(ids, mask, lengths, allowed, width, max_new)
+    buffer = tf.pad(ids, [[0, 0], [0, max_new]], constant_values=fill)
+    prompt = Prompt(buffer, lengths, allowed, width, max_new)
     next_logits = step.bind(encoder_states, encoder_mask)
-    full_mask = tf.pad(mask, [[0, 0], [0, max_new]], constant_values=1)
+    full_mask = tf.cast(tf.range(width + max_new)[None, :] >= row_offsets[:, None], tf.int32)
 
     def extend(tokens, column, cache, prefill=False):
         positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
         return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
 
-    logits, cache = extend(
-        ids, 0, step.empty_cache(tf.shape(ids)[0], width + max_new), prefill=True
+    search = beam_search if options.num_beams > 1 else greedy_search
+    processors = logits_processors(options, eos)
+    state, advance, finish = search(prompt, processors, options, (eos, fill), seed)
+    cache = step.empty_cache(tf.shape(ids)[0], width + max_new)
+    logits, cache = extend(ids, 0, cache, prefill=True)
+    scores = tf.TensorArray(tf.float32, max_new, element_shape=(None, logits.shape[-1]))
+
+    def body(index, state, logits, cache, scores):
+        state, tokens, cache, index_scores = advance(index, state, logits, cache)
+        if options.output_scores:
+            scores = scores.write(index, index_scores)
+        logits, cache = extend(tokens, width + index, cache)
+        return index + 1, state, logits, cache, scores
+
+    steps, state, _, _, scores = tf.while_loop(
+        lambda index, state, *_: (index < max_new) & tf.reduce_any(state["open"]),
+        body,
+        (tf.constant(0), state, logits, cache, scores),
+        maximum_iterations=max_new,
     )
-    search = (prompt, logits, cache, extend, logits_processors(options, step.eos_token_id))
-    if options.num_beams > 1:
-        result = beam_search(*search, token_ids, options)
-        result["width"] = width + tf.reduce_max(result["generated"])
-        fill, returned = beam_fill(token_ids), options.num_return_sequences
-    else:
-        choose = seeded_draw(seed) if options.do_sample else argmax
-        result = greedy_search(*search, choose, token_ids, options.output_scores)
-        result["width"] = width + result["steps"]
-        fill, returned = step.pad_token_id, copies
+    result = finish(state, steps)
+    # An unwritten TensorArray cannot be stacked: an empty placeholder instead.
+    result["scores"] = scores.stack() if options.output_scores else tf.zeros((0,))
+    result["steps"], result["width"] = steps, width + result.pop("new")
     # Laid out at the full width, a static shape for XLA; callers cut it to "width".
-    result["sequences"] = to_transformers_layout(
-        result["sequences"], tf.repeat(offsets, returned, axis=0), width + max_new, fill
-    )
+    offsets = tf.repeat(offsets, options.num_return_sequences, axis=0)
+    result["sequences"] = shift_rows(result["sequences"], offsets, width + max_new, fill)
     return result
 
 
 def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
-    """`decode` run eagerly, returning what transformers' generate returns.
-
-    One tf.function per graph-shaping options (`options.graph_options()`) and length is kept
-    in `step.functions` and reused.
+    """`decode` run eagerly, returning what transformers' generate returns; one tf.function
+    per graph-shaping options (`options.graph_options()`) and length is kept in `step.functions`.
 
     Args:
         step, encoder_states, encoder_mask, input_ids, attention_mask, options: as `decode`.
@@ -123,10 +129,11 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
         The int32 token ids, or a GenerateOutput with return_dict_in_generate.
 
     Raises:
-        ValueError: the prompt leaves no room to generate, or generating needs more positions
-            than the model has.
+        ValueError: the prompt leaves no room to generate, or needs more positions than the
+            model has.
     """
-    lengths = tf.reduce_sum(tf.cast(attention_mask, tf.int32), axis=1)
+    ids, mask = tf.cast(input_ids, tf.int32), tf.cast(attention_mask, tf.int32)
+    lengths = tf.reduce_sum(mask, axis=1)
     allowed = allowed_new_tokens(lengths, options, step.max_positions)
     max_new, prompt_length = int(tf.reduce_max(allowed)), int(tf.reduce_max(lengths))
     if max_new < 1:
@@ -148,22 +155,15 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
     if key not in step.functions:
         run = functools.partial(decode, step, options=key[0], max_new=max_new)
         step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
-    seed = options.seed if options.seed is not None else int(np.random.randint(0, 2**31 - 1))
+    seed = options.seed if options.seed is not None else np.random.randint(0, 2**31 - 1)
     result = step.functions[key](
-        encoder_states,
-        encoder_mask,
-        tf.cast(input_ids, tf.int32),
-        tf.cast(attention_mask, tf.int32),
-        seed=tf.constant(seed, tf.int64),
+        encoder_states, encoder_mask, ids, mask, seed=tf.constant(seed, tf.int64)
     )
     sequences = result["sequences"][:, : int(result["width"])]
     if not options.return_dict_in_generate:
         return sequences
     if not options.output_scores:
-        return GenerateOutput(sequences=sequences, scores=None, sequences_scores=None)
-    steps = int(result["steps"])
-    return GenerateOutput(
-        sequences=sequences,
-        scores=tuple(tf.unstack(result["scores"][:steps], num=steps)),
-        sequences_scores=result.get("sequences_scores"),
-    )
+        return GenerateOutput(sequences=sequences)
+    scores = tuple(tf.unstack(result["scores"][: int(result["steps"])]))
+    sequences_scores = result.get("sequences_scores")
+    return GenerateOutput(sequences=sequences, scores=scores, sequences_scores=sequences_scores)
