@@ -389,7 +389,8 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
 
         Args:
             pixel_values: (B, 3, H, W) float pixel values.
-            input_ids, attention_mask, labels: (B, L) caption tokens, mask and targets (-100 ignored).
+            input_ids, attention_mask, labels: (B, L) caption tokens, mask and next-token
+                targets (-100 ignored).
             interpolate_pos_encoding, output_attentions, output_hidden_states, training: options.
 
         Returns:
