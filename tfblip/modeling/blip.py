@@ -5,6 +5,7 @@ from collections.abc import Mapping
 import keras
 import tensorflow as tf
 
+from tfblip.arguments import positive_int
 from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
 from tfblip.generation.decoding import generate
 from tfblip.generation.options import GenerationOptions
@@ -35,25 +36,21 @@ ITC_TEMPERATURE = 0.07
 
 
 def l2_normalize(x):
-    """x / ||x||, computed in float32 (PyTorch's F.normalize clamps the norm at 1e-12)."""
+    """x / ||x|| in float32, the norm clamped at 1e-12 as PyTorch's F.normalize does."""
     x = tf.cast(x, tf.float32)
-    norm = tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
-    return x / norm
-
-
-def contrastive_loss(logits):
-    """Cross-entropy of each row against the matching (diagonal) column."""
-    logits = tf.cast(logits, tf.float32)
-    targets = tf.range(tf.shape(logits)[0])
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    )
+    return x / tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def image_text_contrastive_loss(logits_per_text):
-    return (
-        contrastive_loss(logits_per_text) + contrastive_loss(tf.transpose(logits_per_text))
-    ) / 2.0
+    """Mean cross-entropy of each row, then each column, against its diagonal entry."""
+
+    def against_diagonal(logits):
+        targets = tf.range(tf.shape(logits)[0])
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        return tf.reduce_mean(losses)
+
+    logits = tf.cast(logits_per_text, tf.float32)
+    return (against_diagonal(logits) + against_diagonal(tf.transpose(logits))) / 2.0
 
 
 def all_ones_mask(states):
@@ -61,9 +58,24 @@ def all_ones_mask(states):
     return tf.ones(tf.shape(states)[:2], dtype=tf.int32)
 
 
+def int32_ids_and_mask(input_ids, attention_mask=None):
+    """(ids, mask) as int32 tensors; a missing mask attends to every token."""
+    input_ids = tf.cast(input_ids, tf.int32)
+    if attention_mask is None:
+        return input_ids, tf.ones_like(input_ids)
+    return input_ids, tf.cast(attention_mask, tf.int32)
+
+
+def replace_first_token(input_ids, token_id):
+    """`input_ids` with `token_id` in each row's first column (BLIP's [DEC] or [ENC])."""
+    input_ids = tf.convert_to_tensor(input_ids)
+    first = tf.fill((tf.shape(input_ids)[0], 1), tf.cast(token_id, input_ids.dtype))
+    return tf.concat([first, input_ids[:, 1:]], axis=1)
+
+
 def enc_token_id_in_use(config):
-    """The "[ENC]" id that ITM texts and VQA questions start with, or None when
-    `config.use_enc_token` is off (they keep their "[CLS]", as in transformers)."""
+    """The "[ENC]" id ITM texts and VQA questions start with, or None when `use_enc_token`
+    is off (they keep their "[CLS]", as in transformers)."""
     if not getattr(config, "use_enc_token", False):
         return None
     text_config = config.text_config
@@ -79,14 +91,16 @@ def enc_token_id_in_use(config):
 
 
 def start_with_enc_token(input_ids, config):
-    """`input_ids` with "[ENC]" as first token when `config.use_enc_token` is on, as the
-    original BLIP's ITM and VQA encoders (input_ids[:, 0] = enc_token_id); else unchanged."""
+    """`input_ids` starting with "[ENC]" when `config.use_enc_token` is on, as the original
+    BLIP's ITM and VQA encoders; else unchanged."""
     enc_token_id = enc_token_id_in_use(config)
-    if enc_token_id is None:
-        return input_ids
-    input_ids = tf.convert_to_tensor(input_ids)
-    first = tf.fill((tf.shape(input_ids)[0], 1), tf.cast(enc_token_id, input_ids.dtype))
-    return tf.concat([first, input_ids[:, 1:]], axis=1)
+    return input_ids if enc_token_id is None else replace_first_token(input_ids, enc_token_id)
+
+
+def vision_fields(vision_outputs):
+    """The vision tower's outputs under the names the task outputs give them."""
+    names = ("last_hidden_state", "hidden_states", "attentions")
+    return {name: getattr(vision_outputs, name) for name in names}
 
 
 def _check_objective(objective):
@@ -95,10 +109,8 @@ def _check_objective(objective):
 
 
 def graph_function(model, name, function, *variant):
-    """`function` as a tf.function, traced once per model and variant, then reused.
-
-    Stored outside Keras' attribute tracking, which would otherwise wrap the dict.
-    """
+    """`function` as a tf.function, traced once per model and variant, then reused (kept
+    outside Keras' attribute tracking, which would wrap the dict)."""
     functions = model.__dict__.setdefault("_tfblip_graph_functions", {})
     key = (name, *variant)
     if key not in functions:
@@ -107,7 +119,7 @@ def graph_function(model, name, function, *variant):
 
 
 class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model):
-    """Shared constructor plumbing: a BlipConfig and a vision tower named `vision_model`."""
+    """What the task models share: a BlipConfig, the vision tower, keyword inputs, fit()'s loss."""
 
     config_class = BlipConfig
 
@@ -128,6 +140,36 @@ class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, k
             args = ()
         return super().__call__(*args, **kwargs)
 
+    def _vision(
+        self,
+        pixel_values,
+        interpolate_pos_encoding=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        training=False,
+    ):
+        """The vision tower's outputs; every task model runs it with the same options."""
+        return self.vision_model(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
+        )
+
+    def _image_states(self, pixel_values, interpolate_pos_encoding=False):
+        return self._vision(pixel_values, interpolate_pos_encoding).last_hidden_state
+
+    def _grounded_text_states(self, input_ids, attention_mask, image_embeds, training=False):
+        """States of `text_encoder` over texts that cross-attend to the image (ITM, VQA)."""
+        return self.text_encoder(
+            input_ids=start_with_enc_token(input_ids, self.config),
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=all_ones_mask(image_embeds),
+            training=training,
+        ).last_hidden_state
+
     # ------------------------------------------------------------------ training with fit()
 
     def default_loss(self, x, y_pred):
@@ -138,17 +180,12 @@ class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, k
         )
 
     def loss_count(self, x):
-        """How many terms the model's mean loss averages over, for this replica's batch."""
-        labels = tf.convert_to_tensor(x["labels"])
-        return tf.reduce_sum(tf.cast(labels[:, 1:] != IGNORE_INDEX, tf.float32))
+        """How many terms the mean loss averages over in this replica's batch: its pairs."""
+        return tf.cast(tf.shape(x["input_ids"])[0], tf.float32)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """fit()/evaluate() loss: the model's own (`labels` in the input dict), no compile loss.
-
-        Under a tf.distribute strategy the mean is taken over the global batch (each replica
-        divides its sum by the count over all replicas), so training on several devices gives
-        the losses and updates of one device on the whole batch.
-        """
+        """fit()/evaluate() loss: the model's own, no compile loss; under a tf.distribute
+        strategy the mean over the global batch, as one device would compute it."""
         if self._compile_loss is not None:
             raise ValueError(
                 f"{type(self).__name__} computes its own loss; call compile() without `loss`."
@@ -167,15 +204,7 @@ class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, k
 
 
 class _GeneratingTaskModel(_BlipTaskModel):
-    """A task model with generate(), and the decoding defaults it starts from.
-
-    Args:
-        config: the model's BlipConfig.
-        generation_defaults: generate() options used when a call does not give them;
-            from_pretrained reads them from the checkpoint's generation_config.json. Part of
-            get_config(), so a .keras file keeps them.
-        **kwargs: Keras Model arguments (name, dtype, ...).
-    """
+    """A task model with a text decoder, generate(), and the decoding defaults it starts from."""
 
     def __init__(self, config, generation_defaults=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -186,12 +215,15 @@ class _GeneratingTaskModel(_BlipTaskModel):
     def get_config(self):
         return {**super().get_config(), "generation_defaults": dict(self.generation_defaults)}
 
-    def _checked_generate_inputs(self, pixel_values, input_ids, interpolate_pos_encoding):
-        """(pixel_values, input_ids) as tensors, or a ValueError naming the bad one.
+    def loss_count(self, x):
+        """The answer or caption tokens the mean loss averages over (labels after bos)."""
+        labels = tf.convert_to_tensor(x["labels"])
+        return tf.reduce_sum(tf.cast(labels[:, 1:] != IGNORE_INDEX, tf.float32))
 
-        generate() runs the encoders in traced functions, where these errors would come out
-        wrapped in a trace of TensorFlow internals: checking first keeps them plain.
-        """
+    def _generate_inputs(self, options, pixel_values, input_ids, interpolate_pos_encoding):
+        """(options, pixel_values, input_ids), checked before the traced encoders run, where
+        a ValueError would come out wrapped in a trace of TensorFlow internals."""
+        options = GenerationOptions.from_dicts(self.generation_defaults, options)
         pixel_values = tf.convert_to_tensor(pixel_values, tf.float32)
         vision_config = self.config.vision_config
         check_pixel_values(pixel_values, vision_config.num_channels)
@@ -202,12 +234,21 @@ class _GeneratingTaskModel(_BlipTaskModel):
             text_config = self.config.text_config
             checked_token_ids(input_ids, text_config)
             checked_length(input_ids, 0, text_config.max_position_embeddings, "input_ids")
-        return pixel_values, input_ids
+        return options, pixel_values, input_ids
+
+    def _decode(self, options, encoder_states, encoder_mask, prompt_ids, prompt_mask):
+        step = DecoderStep(self.text_decoder)
+        return generate(step, encoder_states, encoder_mask, prompt_ids, prompt_mask, options)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipModel(_BlipTaskModel):
-    """CLIP-style image/text feature model with a contrastive head."""
+    """CLIP-style image/text feature model with a contrastive head.
+
+    Args:
+        config: the model's BlipConfig.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -236,13 +277,10 @@ class TFBlipModel(_BlipTaskModel):
         """Text features, as transformers' BlipModel.get_text_features.
 
         Args:
-            input_ids: (B, L) int token ids.
-            attention_mask: (B, L), 1 for tokens to attend to; None attends to all.
-            position_ids: (B, L) positions; None counts from 0.
+            input_ids, attention_mask, position_ids: (B, L) tokens, mask (None: all) and positions.
 
         Returns:
-            (B, projection_dim): the projected pooled text output, not normalized (`call`
-            normalizes it into `text_embeds`).
+            (B, projection_dim): the projected pooled text output, not normalized.
         """
         text_outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
@@ -253,16 +291,12 @@ class TFBlipModel(_BlipTaskModel):
         """Image features, as transformers' BlipModel.get_image_features.
 
         Args:
-            pixel_values: (B, 3, H, W) float pixel values, as the image processor gives.
-            interpolate_pos_encoding: for images of another size than the model's.
+            pixel_values, interpolate_pos_encoding: (B, 3, H, W) images; True for another size.
 
         Returns:
-            (B, projection_dim): the projected pooled vision output, not normalized (`call`
-            normalizes it into `image_embeds`).
+            (B, projection_dim): the projected pooled vision output, not normalized.
         """
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        )
+        vision_outputs = self._vision(pixel_values, interpolate_pos_encoding)
         return self.visual_projection(vision_outputs.pooler_output)
 
     def call(
@@ -277,31 +311,39 @@ class TFBlipModel(_BlipTaskModel):
         output_hidden_states=False,
         training=False,
     ):
-        # What both towers return and how they run.
-        tower_options = {
-            "output_attentions": output_attentions,
-            "output_hidden_states": output_hidden_states,
-            "training": training,
-        }
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            **tower_options,
+        """Embeds texts and images and scores every text against every image.
+
+        Args:
+            input_ids, attention_mask, position_ids, pixel_values: as for the features methods.
+            return_loss: whether to compute the image-text contrastive loss.
+            interpolate_pos_encoding, output_attentions, output_hidden_states, training: options.
+
+        Returns:
+            BlipOutput: normalized `text_embeds`, `image_embeds`; `logits_per_text` (B', B) and
+            `logits_per_image`, scaled cosine similarities; `loss`; both towers' outputs.
+        """
+        vision_outputs = self._vision(
+            pixel_values,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            training,
         )
         text_outputs = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            **tower_options,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            training=training,
         )
         image_embeds = l2_normalize(self.visual_projection(vision_outputs.pooler_output))
         text_embeds = l2_normalize(self.text_projection(text_outputs.pooler_output))
         logit_scale = tf.exp(tf.cast(self.logit_scale, tf.float32))
         logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * logit_scale
-        logits_per_image = tf.transpose(logits_per_text)
         return BlipOutput(
             loss=image_text_contrastive_loss(logits_per_text) if return_loss else None,
-            logits_per_image=logits_per_image,
+            logits_per_image=tf.transpose(logits_per_text),
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
@@ -313,13 +355,17 @@ class TFBlipModel(_BlipTaskModel):
         # fit() on image-text pairs trains the contrastive objective (return_loss=True).
         return image_text_contrastive_loss(y_pred["logits_per_text"])
 
-    def loss_count(self, x):
-        return tf.cast(tf.shape(x["input_ids"])[0], tf.float32)
-
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForConditionalGeneration(_GeneratingTaskModel):
-    """Image captioning: the text decoder cross-attends to the image states."""
+    """Image captioning: the text decoder cross-attends to the image states.
+
+    Args:
+        config: the model's BlipConfig.
+        generation_defaults: generate() options for calls that do not give them (from_pretrained
+            reads generation_config.json); get_config() keeps them.
+        **kwargs: Keras Model arguments (name, dtype, ...).
+    """
 
     def __init__(self, config, generation_defaults=None, **kwargs):
         super().__init__(config, generation_defaults, **kwargs)
@@ -339,17 +385,29 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         output_hidden_states=False,
         training=False,
     ):
+        """Decoder logits of captions over the image; with `labels`, their mean next-token loss.
+
+        Args:
+            pixel_values: (B, 3, H, W) float pixel values.
+            input_ids, attention_mask, labels: (B, L) caption tokens, mask and next-token
+                targets (-100 ignored).
+            interpolate_pos_encoding, output_attentions, output_hidden_states, training: options.
+
+        Returns:
+            BlipForConditionalGenerationModelOutput: `loss`, `logits` (B, L, vocab), the image
+            states `image_embeds` and the vision tower's outputs.
+        """
         if input_ids is None:
             raise ValueError(
                 "TFBlipForConditionalGeneration needs input_ids (the caption or prompt tokens); "
                 "use generate() to caption from the image alone."
             )
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+        vision_outputs = self._vision(
+            pixel_values,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            training,
         )
         image_embeds = vision_outputs.last_hidden_state
         outputs = self.text_decoder(
@@ -364,9 +422,7 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
             loss=outputs.loss,
             logits=outputs.logits,
             image_embeds=image_embeds,
-            last_hidden_state=vision_outputs.last_hidden_state,
-            hidden_states=vision_outputs.hidden_states,
-            attentions=vision_outputs.attentions,
+            **vision_fields(vision_outputs),
         )
 
     def generate(
@@ -377,68 +433,62 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         interpolate_pos_encoding=False,
         **options,
     ):
-        """Captions images, optionally continuing a text prompt; int32 ids starting with bos.
+        """Captions images, optionally continuing a prompt, as transformers.
 
-        As transformers: the prompt's first token becomes bos ([DEC]) and its last token (the
-        [SEP] a tokenizer appends) is dropped; decoding stops at sep_token_id. Options and
-        defaults (from generation_config.json when the checkpoint has one) are transformers':
-        max_length, max_new_tokens, min_length, min_new_tokens, num_beams, length_penalty,
-        early_stopping, num_return_sequences, do_sample, temperature, top_k, top_p, seed,
-        repetition_penalty, no_repeat_ngram_size, output_scores, return_dict_in_generate, and
-        jit_compile (XLA). Rows with prompts of different lengths (right-padded, with their
-        attention_mask) decode as they would alone.
+        The prompt's first token becomes bos ([DEC]) and its last (a tokenizer's [SEP]) is dropped;
+        right-padded prompts of different lengths decode as they would alone.
+
+        Args:
+            pixel_values, interpolate_pos_encoding: (B, 3, H, W) images; True for another size.
+            input_ids, attention_mask: (B, L) prompt tokens and mask, or None for no prompt.
+            **options: transformers' generate options over `generation_defaults`: max_length,
+                max_new_tokens, min_length, min_new_tokens, num_beams, length_penalty,
+                early_stopping, num_return_sequences, do_sample, temperature, top_k, top_p, seed,
+                repetition_penalty, no_repeat_ngram_size, output_scores, return_dict_in_generate,
+                jit_compile (XLA).
+
+        Returns:
+            int32 ids (B * num_return_sequences, T) from bos to sep_token_id, or a GenerateOutput
+            (return_dict_in_generate).
         """
-        options = GenerationOptions.from_dicts(self.generation_defaults, options)
-        pixel_values, input_ids = self._checked_generate_inputs(
-            pixel_values, input_ids, interpolate_pos_encoding
+        options, pixel_values, input_ids = self._generate_inputs(
+            options, pixel_values, input_ids, interpolate_pos_encoding
         )
-        encode = graph_function(
-            self,
-            "encode_image",
-            lambda pixels: (
-                self.vision_model(
-                    pixel_values=pixels, interpolate_pos_encoding=interpolate_pos_encoding
-                ).last_hidden_state
-            ),
-            interpolate_pos_encoding,
-        )
-        image_embeds = encode(pixel_values)
+        encode = graph_function(self, "encode_image", self._image_states)
+        image_embeds = encode(pixel_values, interpolate_pos_encoding)
         prompt_ids, prompt_mask = self.decoder_prompt(
             tf.shape(image_embeds)[0], input_ids, attention_mask
         )
-        return generate(
-            DecoderStep(self.text_decoder),
-            image_embeds,
-            all_ones_mask(image_embeds),
-            prompt_ids,
-            prompt_mask,
-            options,
+        return self._decode(
+            options, image_embeds, all_ones_mask(image_embeds), prompt_ids, prompt_mask
         )
 
     def unprompted_input_ids(self, batch_size):
-        """The input captioning without a prompt starts from, as transformers: [bos, eos] per
-        image, prepared by `decoder_prompt` like any prompt."""
+        """[bos, eos] per image: what captioning without a prompt starts from, as transformers."""
         text_config = self.config.text_config
         return tf.tile([[text_config.bos_token_id, text_config.eos_token_id]], [batch_size, 1])
 
     def decoder_prompt(self, batch_size, input_ids=None, attention_mask=None):
         """(ids, mask) decoding starts from: the prompt with bos for its first token and
-        without its last one, or bos alone. Graph ops only (the SavedModel export uses it)."""
-        text_config = self.config.text_config
+        without its last one. Graph ops only (the SavedModel export uses it)."""
         if input_ids is None:
             input_ids = self.unprompted_input_ids(batch_size)
-        input_ids = tf.cast(input_ids, tf.int32)
-        if attention_mask is None:
-            attention_mask = tf.ones_like(input_ids)
-        input_ids = tf.concat(
-            [tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id), input_ids[:, 1:]], 1
-        )
-        return drop_last_token(input_ids, attention_mask)
+        input_ids, attention_mask = int32_ids_and_mask(input_ids, attention_mask)
+        bos_ids = replace_first_token(input_ids, self.config.text_config.bos_token_id)
+        return drop_last_token(bos_ids, attention_mask)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForQuestionAnswering(_GeneratingTaskModel):
-    """VQA: the question is encoded with image cross-attention, the answer decoded from it."""
+    """VQA: the question is encoded with image cross-attention, the answer decoded from it.
+
+    Args:
+        config: the model's BlipConfig, with equal text and vision hidden sizes.
+        generation_defaults, **kwargs: as for TFBlipForConditionalGeneration.
+
+    Raises:
+        ValueError: if the text and vision hidden sizes differ.
+    """
 
     def __init__(self, config, generation_defaults=None, **kwargs):
         if config.vision_config.hidden_size != config.text_config.hidden_size:
@@ -471,22 +521,22 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         training=False,
     ):
         """Returns (vision outputs, question states cross-attended to the image)."""
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+        vision_outputs = self._vision(
+            pixel_values,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            training,
         )
         image_embeds = vision_outputs.last_hidden_state
-        question = self.text_encoder(
-            input_ids=start_with_enc_token(input_ids, self.config),
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=all_ones_mask(image_embeds),
-            training=training,
+        return vision_outputs, self._grounded_text_states(
+            input_ids, attention_mask, image_embeds, training
         )
-        return vision_outputs, question.last_hidden_state
+
+    def _question_states(self, input_ids, pixel_values, attention_mask, interpolate_pos_encoding):
+        return self.encode_question(
+            input_ids, pixel_values, attention_mask, interpolate_pos_encoding
+        )[1]
 
     def call(
         self,
@@ -501,6 +551,19 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         output_hidden_states=False,
         training=False,
     ):
+        """Answer decoder logits over the question and image; with `labels`, their mean loss.
+
+        Args:
+            input_ids, attention_mask: (B, L) question tokens and mask.
+            pixel_values: (B, 3, H, W) float pixel values.
+            decoder_input_ids, decoder_attention_mask: (B, A) answer tokens and mask; None takes
+                them from `labels`, (B, A) targets starting with [DEC] (-100 ignored).
+            interpolate_pos_encoding, output_attentions, output_hidden_states, training: options.
+
+        Returns:
+            BlipTextVisionModelOutput: `loss`, `decoder_logits` (B, A, vocab), the image states
+            `image_embeds` and the vision tower's outputs.
+        """
         if labels is None and decoder_input_ids is None:
             raise ValueError(
                 "Pass labels (training) or decoder_input_ids (scoring) to "
@@ -511,29 +574,25 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         vision_outputs, question_embeds = self.encode_question(
             input_ids,
             pixel_values,
-            attention_mask=attention_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+            attention_mask,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            training,
         )
         if decoder_input_ids is None:
             # As transformers: answer labels already start with [DEC], so they are the inputs
             # too. Ignored (-100) positions are fed as padding, which PyTorch cannot embed.
             labels = tf.convert_to_tensor(labels)
-            decoder_input_ids = tf.where(
-                labels == IGNORE_INDEX,
-                tf.cast(self.config.text_config.pad_token_id, labels.dtype),
-                labels,
-            )
-        question_mask = attention_mask
-        if question_mask is None:
-            question_mask = all_ones_mask(question_embeds)
+            pad_id = tf.cast(self.config.text_config.pad_token_id, labels.dtype)
+            decoder_input_ids = tf.where(labels == IGNORE_INDEX, pad_id, labels)
+        if attention_mask is None:
+            attention_mask = all_ones_mask(question_embeds)
         answer_output = self.text_decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=question_embeds,
-            encoder_attention_mask=question_mask,
+            encoder_attention_mask=attention_mask,
             labels=labels,
             reduction="mean",
             training=training,
@@ -541,10 +600,8 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         return BlipTextVisionModelOutput(
             loss=answer_output.loss,
             image_embeds=vision_outputs.last_hidden_state,
-            last_hidden_state=vision_outputs.last_hidden_state,
-            hidden_states=vision_outputs.hidden_states,
-            attentions=vision_outputs.attentions,
             decoder_logits=answer_output.logits,
+            **vision_fields(vision_outputs),
         )
 
     def generate(
@@ -555,38 +612,27 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         interpolate_pos_encoding=False,
         **options,
     ):
-        """Answers questions about images; int32 answer ids starting with bos.
+        """Answers questions about images; padded questions answer as they would alone.
 
-        Takes the options of TFBlipForConditionalGeneration.generate. The answer decoder
-        cross-attends to the question states under the question's attention mask, so padded
-        questions in a batch answer as they would alone (transformers attends to the padding).
+        Args:
+            input_ids, attention_mask: (B, L) question tokens and mask.
+            pixel_values, interpolate_pos_encoding, **options: as for captioning's generate.
+
+        Returns:
+            int32 answer ids starting with bos, or a GenerateOutput (return_dict_in_generate).
         """
-        options = GenerationOptions.from_dicts(self.generation_defaults, options)
-        pixel_values, input_ids = self._checked_generate_inputs(
-            pixel_values, input_ids, interpolate_pos_encoding
+        options, pixel_values, input_ids = self._generate_inputs(
+            options, pixel_values, input_ids, interpolate_pos_encoding
         )
-        input_ids = tf.cast(input_ids, tf.int32)
-        if attention_mask is None:
-            attention_mask = tf.ones_like(input_ids)
+        input_ids, attention_mask = int32_ids_and_mask(input_ids, attention_mask)
+        # The [ENC] id is a Python constant in the traced function: one per id.
         encode = graph_function(
-            self,
-            "encode_question",
-            lambda ids, pixels, mask: self.encode_question(
-                ids, pixels, attention_mask=mask, interpolate_pos_encoding=interpolate_pos_encoding
-            )[1],
-            interpolate_pos_encoding,
-            enc_token_id_in_use(self.config),
+            self, "encode_question", self._question_states, enc_token_id_in_use(self.config)
         )
-        question_embeds = encode(input_ids, pixel_values, attention_mask)
-        text_config = self.config.text_config
-        bos_ids = tf.fill((tf.shape(input_ids)[0], 1), text_config.bos_token_id)
-        return generate(
-            DecoderStep(self.text_decoder),
-            question_embeds,
-            attention_mask,
-            bos_ids,
-            tf.ones_like(bos_ids),
-            options,
+        question_embeds = encode(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
+        bos_ids = tf.fill((tf.shape(input_ids)[0], 1), self.config.text_config.bos_token_id)
+        return self._decode(
+            options, question_embeds, attention_mask, bos_ids, tf.ones_like(bos_ids)
         )
 
     def rank_answers(
@@ -602,17 +648,23 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
     ):
         """Ranks a fixed list of candidate answers for each question, as BLIP's rank_answer.
 
-        `candidate_ids` (C, A) are the C candidates as the tokenizer gives them ("[CLS] answer
-        [SEP]", right-padded; `candidate_attention_mask` defaults to the non-pad tokens); their
-        first token becomes bos ("[DEC]"). The decoder's probability of each candidate's first
-        answer token after bos selects the k most likely candidates per question (k <= C);
-        those are ranked by their log-likelihood: the sum over the answer's tokens after bos,
-        its closing [SEP] included, of log p(token | image, question, previous tokens).
-        With `label_smoothing` > 0 the score is minus the label-smoothed cross-entropy summed
-        the same way; the original scored with its training loss, whose smoothing was 0.1.
+        The probability of each candidate's first answer token selects k candidates per question;
+        they rank by log-likelihood: the sum of log p(token | image, question, previous tokens)
+        over the answer's tokens after bos, its closing [SEP] included.
 
-        Returns (indices, scores), both (B, k) and best first: int32 indices into the
-        candidates and their float32 scores.
+        Args:
+            input_ids, attention_mask, pixel_values, interpolate_pos_encoding: as for generate.
+            candidate_ids: (C, A) "[CLS] answer [SEP]" tokens, right-padded; [CLS] becomes bos.
+            candidate_attention_mask: (C, A); None takes the non-pad tokens.
+            k: how many candidates to score per question (at most C).
+            label_smoothing: > 0 scores by minus the label-smoothed cross-entropy summed the same
+                way (the original scored with its training loss, smoothing 0.1).
+
+        Returns:
+            (indices, scores), (B, k) each, best first: int32 candidate indices, float32 scores.
+
+        Raises:
+            ValueError: for candidates of fewer than two tokens or a k that is no positive int.
         """
         candidate_ids = tf.convert_to_tensor(candidate_ids)
         check_token_ids(candidate_ids, "candidate_ids")
@@ -622,26 +674,15 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
                 "candidate_ids must hold at least one candidate of at least two tokens "
                 f"([CLS] or [DEC], then the answer), got shape {candidate_ids.shape}."
             )
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}.")
-        k = min(k, num_candidates)
+        k = min(positive_int("k", k), num_candidates)
         text_config = self.config.text_config
-        candidate_ids = tf.cast(candidate_ids, tf.int32)
         if candidate_attention_mask is None:
-            candidate_attention_mask = tf.cast(candidate_ids != text_config.pad_token_id, tf.int32)
-        candidate_attention_mask = tf.cast(candidate_attention_mask, tf.int32)
-        candidate_ids = tf.concat(
-            [tf.fill((num_candidates, 1), text_config.bos_token_id), candidate_ids[:, 1:]], 1
-        )
-        input_ids = tf.cast(input_ids, tf.int32)
-        if attention_mask is None:
-            attention_mask = tf.ones_like(input_ids)
-        attention_mask = tf.cast(attention_mask, tf.int32)
-        _, question_states = self.encode_question(
-            input_ids,
-            pixel_values,
-            attention_mask=attention_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding,
+            candidate_attention_mask = candidate_ids != text_config.pad_token_id
+        candidate_ids, candidate_mask = int32_ids_and_mask(candidate_ids, candidate_attention_mask)
+        candidate_ids = replace_first_token(candidate_ids, text_config.bos_token_id)
+        input_ids, attention_mask = int32_ids_and_mask(input_ids, attention_mask)
+        question_states = self._question_states(
+            input_ids, pixel_values, attention_mask, interpolate_pos_encoding
         )
         batch_size = tf.shape(question_states)[0]
         bos_ids = tf.fill((batch_size, 1), text_config.bos_token_id)
@@ -658,7 +699,7 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         # One row per (question, selected candidate), a question's k candidates adjacent.
         flat_indices = tf.reshape(top_indices, [-1])
         answer_ids = tf.gather(candidate_ids, flat_indices)
-        answer_mask = tf.gather(candidate_attention_mask, flat_indices)
+        answer_mask = tf.gather(candidate_mask, flat_indices)
         answer_logits = self.text_decoder(
             input_ids=answer_ids,
             attention_mask=answer_mask,
@@ -670,22 +711,20 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         scores = -causal_lm_loss(answer_logits, labels, label_smoothing, reduction="none")
         scores = tf.reshape(scores, (batch_size, k))
         order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
-        return (
-            tf.gather(top_indices, order, batch_dims=1),
-            tf.gather(scores, order, batch_dims=1),
-        )
+        return tf.gather(top_indices, order, batch_dims=1), tf.gather(scores, order, batch_dims=1)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
 class TFBlipForImageTextRetrieval(_BlipTaskModel):
     """Image-text matching (ITM head, (B, 2) logits) or contrastive similarity (B, B).
 
+    Its methods embed and score for the CLI, the export, tfblip.scoring and tfblip.retrieval.
+
     Args:
         config: the model's BlipConfig.
-        objective: what a call without `use_itm_head` computes, and so what fit() trains:
-            "itm" (match logits; labels 1 = match, 0 = no match) or "itc" (the contrastive
-            similarities). May be changed later (`model.objective = "itc"`); get_config()
-            holds the current value, so a .keras file keeps it.
+        objective: what a call without `use_itm_head` computes and fit() trains: "itm" (match
+            logits; labels 1 = match) or "itc" (contrastive similarities). May be set later;
+            get_config() keeps it.
         **kwargs: Keras Model arguments (name, dtype, ...).
     """
 
@@ -715,127 +754,94 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         self.text_proj.build((None, self.config.text_config.hidden_size))
         self.itm_head.build((None, self.config.text_config.hidden_size))
 
-    # ------------------------------------------------------------------ features and scores
-    # One API for everything that embeds or scores with this model (the CLI, the export,
-    # tfblip.scoring and tfblip.retrieval): image features from pixels or from vision states,
-    # text features, ITM logits / probabilities, and both scores of (image, text) pairs.
-
     def image_text_matching(self, image_embeds, input_ids, attention_mask=None, training=False):
-        """ITM logits of each text with its image, and the text encoder's states.
+        """ITM logits of each text with its image.
 
         Args:
-            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
-            input_ids: (B, L') int token ids of the texts ("[CLS]" first; "[ENC]" is put in
-                its place when the config's use_enc_token asks for it).
-            attention_mask: (B, L'), or None to attend to every token.
-            training: whether the text encoder runs in training mode (dropout).
+            image_embeds: (B, S, D) vision states, one row per text.
+            input_ids, attention_mask: (B, L) text tokens ("[CLS]" first, made "[ENC]" under the
+                config's use_enc_token) and mask (None: all).
+            training: whether the text encoder runs in training mode.
 
         Returns:
-            ((B, 2) logits (no match, match), (B, L', H) states of the image-grounded text
-            encoder).
+            ((B, 2) logits (no match, match), (B, L, H) image-grounded text states).
         """
-        question_embeds = self.text_encoder(
-            input_ids=start_with_enc_token(input_ids, self.config),
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=all_ones_mask(image_embeds),
-            training=training,
-        ).last_hidden_state
+        question_embeds = self._grounded_text_states(
+            input_ids, attention_mask, image_embeds, training
+        )
         return self.itm_head(question_embeds[:, 0, :]), question_embeds
 
     def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
-        """Contrastive (ITC) features of images, as `contrastive_features` computes them.
+        """Contrastive (ITC) features of images.
 
         Args:
-            pixel_values: (B, 3, H, W) float pixel values, as the image processor gives.
-            interpolate_pos_encoding: for images of another size than the model's.
+            pixel_values, interpolate_pos_encoding: (B, 3, H, W) images; True for another size.
 
         Returns:
-            (B, image_text_hidden_size) float32, L2-normalized: a dot product of an image's and
-            a text's features is their cosine similarity.
+            (B, E) float32, L2-normalized: image . text features is their cosine similarity.
         """
-        image_embeds = self.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-        ).last_hidden_state
-        return self.itc_image_features(image_embeds)
+        return self.itc_image_features(self._image_states(pixel_values, interpolate_pos_encoding))
 
     def get_text_features(self, input_ids, attention_mask=None):
-        """Contrastive (ITC) features of texts, as `contrastive_features` computes them: the
-        projected first ("[CLS]") state of the text-only encoder.
+        """Contrastive (ITC) features of texts, from the text-only encoder's "[CLS]" state.
 
         Args:
-            input_ids: (B, L) int token ids, "[CLS]" first, as the processor gives them.
-            attention_mask: (B, L), 1 for tokens to attend to; None attends to all.
+            input_ids, attention_mask: (B, L) tokens as the processor gives them; mask None: all.
 
         Returns:
-            (B, image_text_hidden_size) float32, L2-normalized.
+            (B, E) float32, L2-normalized.
         """
-        return self._itc_text_features(self._text_only_states(input_ids, attention_mask))
+        return self._text_states_and_features(input_ids, attention_mask)[1]
 
     def itc_image_features(self, image_embeds):
-        """Contrastive (ITC) features of images from their vision states, as
-        `get_image_features` gives them from pixels.
-
-        Args:
-            image_embeds: (B, L, D) last hidden states of the vision model.
+        """Contrastive (ITC) features of images from (B, S, D) vision states `image_embeds`.
 
         Returns:
-            (B, image_text_hidden_size) float32, L2-normalized: the projected class token.
+            (B, E) float32, L2-normalized: the projected class token.
         """
         return l2_normalize(self.vision_proj(image_embeds[:, 0, :]))
 
-    def itc_text_features(self, input_ids, attention_mask=None):
-        """The same as `get_text_features` (the name pairs it with `itc_image_features`)."""
-        return self.get_text_features(input_ids, attention_mask)
+    itc_text_features = get_text_features  # the name that pairs with itc_image_features
 
-    def _text_only_states(self, input_ids, attention_mask, training=False):
-        return self.text_encoder(
+    def _text_states_and_features(self, input_ids, attention_mask, training=False):
+        states = self.text_encoder(
             input_ids=input_ids, attention_mask=attention_mask, training=training
         ).last_hidden_state
-
-    def _itc_text_features(self, text_states):
-        return l2_normalize(self.text_proj(text_states[:, 0, :]))
+        return states, l2_normalize(self.text_proj(states[:, 0, :]))
 
     def contrastive_features(self, image_embeds, input_ids, attention_mask=None, training=False):
-        """Both towers' contrastive (ITC) features and the text encoder's states.
+        """Both towers' contrastive (ITC) features and the text-only encoder's states.
 
         Args:
-            image_embeds: (B, L, D) last hidden states of the vision model.
-            input_ids: (B', L') int token ids of the texts.
-            attention_mask: (B', L'), or None to attend to every token.
-            training: whether the text encoder runs in training mode (dropout).
+            image_embeds: (B, S, D) vision states.
+            input_ids, attention_mask, training: (B', L) texts, as for `image_text_matching`.
 
         Returns:
-            (image features (B, E), text features (B', E), text states (B', L', H)); the
-            features L2-normalized, as `itc_image_features` and `get_text_features`.
+            (image features (B, E), text features (B', E), text states (B', L, H)).
         """
-        text_states = self._text_only_states(input_ids, attention_mask, training)
-        image_feat = self.itc_image_features(image_embeds)
-        return image_feat, self._itc_text_features(text_states), text_states
+        states, text_features = self._text_states_and_features(input_ids, attention_mask, training)
+        return self.itc_image_features(image_embeds), text_features, states
 
     def itm_probability(self, image_embeds, input_ids, attention_mask=None):
-        """Image-text matching probability of each text with its image.
+        """Probability that each text matches its image: softmax(ITM logits)[:, 1].
 
         Args:
-            image_embeds: (B, L, D) last hidden states of the vision model, one row per text.
-            input_ids: (B, L') int token ids of the texts.
-            attention_mask: (B, L'), or None to attend to every token.
+            image_embeds, input_ids, attention_mask: as for `image_text_matching`.
 
         Returns:
-            (B,) float32: softmax(ITM logits)[:, 1], the probability that the text matches.
+            (B,) float32.
         """
         logits, _ = self.image_text_matching(image_embeds, input_ids, attention_mask)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[:, 1]
 
     def pair_scores(self, image_embeds, input_ids, attention_mask=None):
-        """Both scores of (image, text) pairs: ITM probability and ITC cosine similarity.
+        """Both scores of (image, text) pairs.
 
         Args:
-            image_embeds, input_ids, attention_mask: the pairs, as for `itm_probability`.
+            image_embeds, input_ids, attention_mask: as for `image_text_matching`.
 
         Returns:
-            (itm_probability (B,), itc_similarity (B,)), both float32: see `itm_probability`;
-            the dot product of each pair's ITC features, in [-1, 1].
+            (itm_probability (B,), itc_similarity (B,)) float32; the latter in [-1, 1].
         """
         image_features, text_features, _ = self.contrastive_features(
             image_embeds, input_ids, attention_mask
@@ -855,8 +861,19 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         output_hidden_states=False,
         training=False,
     ):
-        """`use_itm_head`: ITM logits (B, 2), or the ITC similarity matrix (B, B) when False;
-        None follows `self.objective`. `labels` (B,) of 0/1 give the ITM cross-entropy loss."""
+        """Scores texts against images with the ITM head or the contrastive similarities.
+
+        Args:
+            input_ids, attention_mask, pixel_values: (B, L) texts and (B, 3, H, W) images.
+            use_itm_head: ITM logits (B, 2), or ITC similarities (B, B) when False; None follows
+                `objective`.
+            labels: (B,) 0/1 match labels, for the ITM cross-entropy loss.
+            interpolate_pos_encoding, output_attentions, output_hidden_states, training: options.
+
+        Returns:
+            BlipImageTextMatchingModelOutput: `loss`, `itm_score`, the text states
+            `question_embeds` and the vision tower's outputs.
+        """
         if input_ids is None:
             raise ValueError("TFBlipForImageTextRetrieval needs input_ids (the text tokens).")
         if use_itm_head is None:
@@ -864,12 +881,12 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
             use_itm_head = self.objective == "itm"
         if labels is not None and not use_itm_head:
             raise ValueError("labels are ITM match labels; they need use_itm_head=True.")
-        vision_outputs = self.vision_model(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
+        vision_outputs = self._vision(
+            pixel_values,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            training,
         )
         image_embeds = vision_outputs.last_hidden_state
         if use_itm_head:
@@ -891,10 +908,8 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         return BlipImageTextMatchingModelOutput(
             loss=loss,
             itm_score=score,
-            last_hidden_state=vision_outputs.last_hidden_state,
-            hidden_states=vision_outputs.hidden_states,
-            attentions=vision_outputs.attentions,
             question_embeds=question_embeds,
+            **vision_fields(vision_outputs),
         )
 
     def default_loss(self, x, y_pred):
@@ -903,6 +918,3 @@ class TFBlipForImageTextRetrieval(_BlipTaskModel):
         # Image-text contrastive loss over the similarities, sharpened with BLIP's initial
         # temperature (0.07): transformers' retrieval checkpoints carry no learned one.
         return image_text_contrastive_loss(y_pred["itm_score"] / ITC_TEMPERATURE)
-
-    def loss_count(self, x):
-        return tf.cast(tf.shape(x["input_ids"])[0], tf.float32)

@@ -4,11 +4,7 @@ import tensorflow as tf
 
 
 class DecoderStep:
-    """The text decoder of a captioning or VQA model, as `tfblip.generation` calls it.
-
-    Args:
-        lm_head: the model's TFBlipTextLMHeadModel (its `text_decoder`).
-    """
+    """The text decoder (`lm_head`, a TFBlipTextLMHeadModel) as `tfblip.generation` calls it."""
 
     def __init__(self, lm_head):
         config = lm_head.config
@@ -28,17 +24,12 @@ class DecoderStep:
         return tuple((zeros, zeros) for _ in range(config.num_hidden_layers))
 
     def bind(self, encoder_states, encoder_mask):
-        """The next-token function of one decoding over these encoder states.
+        """`next_logits(tokens, positions, attention_mask, column, cache, prefill)` of one
+        decoding over (N, S, D) `encoder_states` under their (N, S) mask.
 
-        Args:
-            encoder_states: (N, S, D) states the decoder cross-attends to.
-            encoder_mask: (N, S) their attention mask.
-
-        Returns:
-            `next_logits(tokens, positions, attention_mask, column, cache, prefill)`: runs the
-            decoder on (N, T) `tokens` at `positions` written into the cache from `column`, and
-            returns the float32 (N, vocab) logits of the last token and the updated cache. The
-            `prefill` call computes the cross-attention keys/values the later calls reuse.
+        `next_logits` runs the decoder on (N, T) `tokens` at `positions`, written into the
+        cache from `column`, and returns the float32 (N, vocab) logits of the last token and
+        the updated cache; the `prefill` call computes the cross-attention keys/values.
         """
         lm_head = self.lm_head
         predictions = lm_head.cls.predictions

@@ -1,40 +1,30 @@
 """Workarounds that let Keras 3's fit()/evaluate() train under MultiWorkerMirroredStrategy.
 
-Each override below works around one Keras bug; tests/test_training.py
+Each override works around one Keras bug; tests/test_training.py
 (`test_keras_multi_worker_bugs_still_need_the_workarounds`) reproduces both on a plain
 keras.Model in two worker processes and fails, naming the override to remove, once a Keras
 release fixes one.
 
-* `_maybe_symbolic_build`: before the first step, Keras' TensorFlow trainer takes the first
-  distributed batch and averages it over the replicas with an eager `strategy.reduce("MEAN",
-  batch, axis=None)`, to build the model and compiled metrics from its shapes.
-  MultiWorkerMirroredStrategy's cross-device reduce cannot take that batch: a dict of inputs
-  fails with "ValueError: Attempt to convert a value ({'x': PerReplica:...}) with an
-  unsupported type (<class 'dict'>) to a Tensor" (keras-team/keras#20329, "MultiWorkerMirrored
-  Strategy and input dictionaries"; a single tensor fails alike), so fit() and evaluate()
-  fail before training. These models build their weights when
-  constructed, so without compiled metrics only the optimizer is left to build, which needs
-  no batch.
-* `train_step` / `test_step` (`_reducible_across_workers`): Keras averages each replica's logs
-  with `strategy.reduce("MEAN", value, axis=0)` in multi-worker mode, which fails on the
-  scalar loss ("Invalid reduction dimension 0 for input with 0 dimensions",
-  keras-team/keras#20585). The logs get one axis, so the reduce averages over it.
+* `_maybe_symbolic_build`: before the first step Keras builds the model and compiled metrics
+  from the first batch, averaged over the replicas with an eager `strategy.reduce("MEAN",
+  batch, axis=None)`, which MultiWorkerMirroredStrategy cannot do ("Attempt to convert a value
+  ({'x': PerReplica:...}) with an unsupported type (<class 'dict'>) to a Tensor",
+  keras-team/keras#20329; a single tensor fails alike).
+* `train_step` / `test_step` (`_reducible_across_workers`): in multi-worker mode Keras averages
+  each replica's logs with `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
+  loss ("Invalid reduction dimension 0 for input with 0 dimensions", keras-team/keras#20585).
 """
 
 import tensorflow as tf
 
 
 class MultiWorkerFitMixin:
-    """Mixed into a keras.Model (before it in the bases) to fit() under multi-worker strategies.
-
-    The model must build its weights when constructed; see the module docstring for the Keras
-    bugs worked around.
-    """
+    """Mixed into a keras.Model (before it in the bases) that builds its weights when
+    constructed, to fit() under multi-worker strategies."""
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds from the first batch, reduced across replicas, which
-        # MultiWorkerMirroredStrategy cannot do. The weights exist already, so only the
-        # optimizer is left (compiled metrics still need Keras' build from a batch).
+        # The weights exist already, so only the optimizer is left to build, which needs no
+        # batch (compiled metrics still need Keras' build from one).
         if self._distribute_strategy is None or self._compile_metrics is not None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         with self.distribute_strategy.scope():
@@ -49,8 +39,7 @@ class MultiWorkerFitMixin:
         return self._reducible_across_workers(super().test_step(data))
 
     def _reducible_across_workers(self, logs):
-        # Keras 3 averages each replica's logs with strategy.reduce(axis=0), which fails on
-        # scalars under a multi-worker strategy (keras-team/keras#20585): give them an axis.
+        # The logs get one axis, so that the reduce over axis 0 averages over it.
         strategy = self._distribute_strategy
         if not (
             isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
