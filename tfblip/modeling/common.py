@@ -101,19 +101,13 @@ class TowerLayer(BuildsSublayers, ConfigSerializable, keras.layers.Layer):
 
     def make_dense(self, units, name, input_size=None):
         """A Dense sublayer over `input_size` features (default: hidden_size)."""
-        config = self.config
-        return dense(
-            units,
-            name,
-            config.initializer_range,
-            self.dtype_policy,
-            input_size=input_size or config.hidden_size,
-        )
+        input_size = input_size or self.config.hidden_size
+        init = self.config.initializer_range
+        return dense(units, name, init, self.dtype_policy, input_size=input_size)
 
     def make_layer_norm(self, name):
-        return layer_norm(
-            self.config.layer_norm_eps, name, self.dtype_policy, self.config.hidden_size
-        )
+        config = self.config
+        return layer_norm(config.layer_norm_eps, name, self.dtype_policy, config.hidden_size)
 
 
 def stack(block, config, name, dtype):

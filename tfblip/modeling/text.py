@@ -26,6 +26,14 @@ from tfblip.modeling.common import (
     run_layers,
     stack,
 )
+
+# blip.py imports the token checks from here.
+from tfblip.modeling.inputs import (  # noqa: F401
+    check_token_ids,
+    checked_length,
+    checked_text_inputs,
+    checked_token_ids,
+)
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
@@ -171,23 +179,13 @@ class BlipTextAttention(TextLayer):
     def get_config(self):
         return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
 
-    def call(
-        self,
-        hidden_states,
-        attention_mask=None,
-        key_value_states=None,
-        cache=None,
-        cache_index=None,
-        training=False,
-    ):
-        """Returns (output, attention probabilities, cache): see `MultiHeadAttention.call`."""
+    def attend(self, hidden_states, training, **attention_arguments):
+        """(output, attention probabilities, cache): `MultiHeadAttention.call`, then `output`.
+
+        A plain method, not `call`: Keras' `__call__` would reject the mixed keyword dict.
+        """
         context, probs, cache = self.self_attention(
-            hidden_states,
-            attention_mask=attention_mask,
-            key_value_states=key_value_states,
-            cache=cache,
-            cache_index=cache_index,
-            training=training,
+            hidden_states, training=training, **attention_arguments
         )
         return self.attention_output(context, hidden_states, training=training), probs, cache
 
@@ -231,12 +229,12 @@ class BlipTextLayer(TextLayer):
         """
         self_cache = cache[:2] if cache is not None else None
         cross_cache = cache[2:] if cache is not None else ()
-        hidden_states, self_probs, new_cache = self.attention(
+        hidden_states, self_probs, new_cache = self.attention.attend(
             hidden_states,
+            training,
             attention_mask=attention_mask,
             cache=self_cache,
             cache_index=cache_index,
-            training=training,
         )
         cross_probs = None
         if encoder_hidden_states is not None or cross_cache:
@@ -245,12 +243,12 @@ class BlipTextLayer(TextLayer):
                     "encoder_hidden_states were given but this text model has no cross-attention "
                     "(its config has is_decoder=False)."
                 )
-            hidden_states, cross_probs, cross_kv = self.crossattention(
+            hidden_states, cross_probs, cross_kv = self.crossattention.attend(
                 hidden_states,
+                training,
                 attention_mask=encoder_attention_mask,
                 key_value_states=encoder_hidden_states,
                 cache=cross_cache or None,
-                training=training,
             )
             new_cache = new_cache + cross_kv
         layer_output = self.feed_forward_output(
@@ -287,73 +285,6 @@ def self_attention_mask(
     causal = query_positions[:, None] >= tf.range(key_length)[None, :]
     keep = tf.broadcast_to(causal[None, None], (batch_size, 1, query_length, key_length))
     return keep if padding is None else tf.logical_and(keep, padding)
-
-
-def check_token_ids(input_ids, name="input_ids"):
-    """Rejects token ids that are not an integer (batch, sequence) tensor."""
-    if input_ids.shape.rank is not None and input_ids.shape.rank != 2:
-        raise ValueError(f"{name} must have shape (batch, sequence), got {input_ids.shape}.")
-    if not input_ids.dtype.is_integer:
-        raise ValueError(f"{name} must be integer token ids, got dtype {input_ids.dtype.name}.")
-
-
-def _asserting(tensor, condition, message):
-    """`tensor`, made to depend on a runtime assertion of `condition`."""
-    with tf.control_dependencies([tf.debugging.Assert(condition, message)]):
-        return tf.identity(tensor)
-
-
-def checked_indices(indices, limit, name, table):
-    """`indices`, checked to lie in [0, limit) before they index the embedding `table` (what
-    its rows are, for the message).
-
-    An embedding lookup outside its table fails deep inside TensorFlow (a GatherV2 error that
-    names neither the input nor the model's limit), so the check comes first: with values
-    known when tracing (every eager call) a ValueError, else an assertion the returned tensor
-    depends on, whose InvalidArgumentError says the same when the graph runs.
-    """
-    message = f"{name} must hold {table}, in [0, {limit})"
-    values = tf.get_static_value(indices)
-    if values is None:
-        inside = tf.reduce_all((indices >= 0) & (indices < tf.cast(limit, indices.dtype)))
-        bounds = [tf.reduce_min(indices), "to", tf.reduce_max(indices)]
-        return _asserting(indices, inside, [f"{message}; got values from", *bounds])
-    outside = values[(values < 0) | (values >= limit)]
-    if outside.size:
-        raise ValueError(
-            f"{message}; got {int(outside.flat[0])}. Were the ids made for another "
-            "checkpoint (a different tokenizer or config)?"
-        )
-    return indices
-
-
-def checked_token_ids(input_ids, config, name="input_ids"):
-    """`checked_indices` for token ids of the model with text config `config`."""
-    table = f"token ids of the vocabulary (vocab_size {config.vocab_size})"
-    return checked_indices(input_ids, config.vocab_size, name, table)
-
-
-def checked_length(inputs, past_length, max_positions, name):
-    """`inputs` (B, T, ...), checked to fit the position table after `past_length` cached
-    positions; as `checked_indices`, a ValueError or a runtime assertion."""
-    new_length, past = inputs.shape[1], tf.get_static_value(past_length)
-    if new_length is None or past is None:
-        total = tf.cast(past_length, tf.int32) + tf.shape(inputs)[1]
-        message = (
-            # No apostrophes: the assertion's message would show them escaped.
-            f"{name}, with the cached tokens, must fit the {max_positions} position embeddings "
-            "of the model (max_position_embeddings); truncate the text. Total length:"
-        )
-        return _asserting(inputs, total <= max_positions, [message, total])
-    if int(past) + new_length > max_positions:
-        cached = f" after {int(past)} cached tokens" if past else ""
-        raise ValueError(
-            f"{name} is {new_length} tokens long{cached}, but the model has "
-            f"{max_positions} position embeddings (max_position_embeddings): truncate "
-            f"the text to at most {max_positions - int(past)} tokens, e.g. with "
-            f"processor(text=..., truncation=True, max_length={max_positions})."
-        )
-    return inputs
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
@@ -453,32 +384,17 @@ class TFBlipTextModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, kera
         if encoder_embeds is not None:
             embedding_output = encoder_embeds
         else:
-            if (input_ids is None) == (inputs_embeds is None):
-                raise ValueError("Specify exactly one of input_ids and inputs_embeds.")
-            if input_ids is not None:
-                input_ids = tf.convert_to_tensor(input_ids)
-                check_token_ids(input_ids)
             # generate()'s decoding loop (the caller that passes cache_position) feeds tokens
             # it drew from the vocabulary, within the positions it checked before the loop:
-            # the checks would only cost time on every step.
-            if cache_position is None:
-                limit = self.config.max_position_embeddings
-                if input_ids is not None:
-                    input_ids = checked_token_ids(input_ids, self.config)
-                if position_ids is not None:
-                    table = (
-                        f"positions of the position embeddings (max_position_embeddings {limit})"
-                    )
-                    position_ids = checked_indices(
-                        tf.convert_to_tensor(position_ids), limit, "position_ids", table
-                    )
-                elif input_ids is not None:
-                    input_ids = checked_length(input_ids, past_length, limit, "input_ids")
-                else:
-                    inputs_embeds = tf.convert_to_tensor(inputs_embeds)
-                    inputs_embeds = checked_length(
-                        inputs_embeds, past_length, limit, "inputs_embeds"
-                    )
+            # range checks would only cost time on every step.
+            input_ids, inputs_embeds, position_ids = checked_text_inputs(
+                self.config,
+                input_ids,
+                inputs_embeds,
+                position_ids,
+                past_length,
+                check_ranges=cache_position is None,
+            )
             embedding_output = self.embeddings(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
@@ -669,21 +585,9 @@ class TFBlipTextLMHeadModel(PretrainedMixin, BuildsSublayers, ConfigSerializable
         """
         if labels is not None:
             use_cache = False
-        outputs = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            is_decoder=is_decoder,
-            cache_position=cache_position,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
-        )
+        # Every argument but the loss's goes to `bert` as it is.
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "labels", "reduction")}
+        outputs = self.bert(**arguments)
         word_embeddings = self.bert.embeddings.word_embeddings.embeddings
         logits = self.cls.predictions(outputs.last_hidden_state, word_embeddings)
         loss = None

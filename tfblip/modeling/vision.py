@@ -19,6 +19,7 @@ from tfblip.modeling.common import (
     run_layers,
     stack,
 )
+from tfblip.modeling.inputs import check_image_size, check_pixel_values
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import BaseModelOutputWithPooling
 
@@ -164,37 +165,6 @@ class BlipEncoder(TowerLayer):
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.layers = stack(BlipEncoderLayer, config, "layers", self.dtype_policy)
-
-
-def check_pixel_values(pixel_values, num_channels):
-    """Rejects pixel_values that are not (B, num_channels, H, W) with a message naming the problem."""
-    shape = pixel_values.shape
-    if shape.rank is not None and shape.rank != 4:
-        raise ValueError(
-            f"pixel_values must have rank 4 (batch, channels, height, width), got shape {shape}."
-        )
-    if shape.rank == 4 and shape[1] is not None and shape[1] != num_channels:
-        hint = (
-            " (channels-last input? transpose to (B, C, H, W))" if shape[3] == num_channels else ""
-        )
-        raise ValueError(
-            f"pixel_values must be channels-first with {num_channels} channels, got shape "
-            f"{shape}{hint}."
-        )
-
-
-def check_image_size(pixel_values, config, interpolate_pos_encoding):
-    """Images larger than the position grid need interpolated position embeddings."""
-    height, width = pixel_values.shape[2], pixel_values.shape[3]
-    if interpolate_pos_encoding or height is None or width is None:
-        return
-    patches = (height // config.patch_size_px) * (width // config.patch_size_px)
-    if patches > config.num_patches:
-        size = config.image_size_px
-        raise ValueError(
-            f"pixel_values of size {height}x{width} has more patches than the model's "
-            f"{size}x{size} position embeddings; pass interpolate_pos_encoding=True."
-        )
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
