@@ -414,20 +414,19 @@ class TFBlipTextModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, kera
                 )
                 cache_position = past_length
             key_length = tf.shape(past_key_values[0][0])[2]
+        if encoder_attention_mask is not None:
+            encoder_attention_mask = tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :]
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = tf.cast(encoder_hidden_states, self.compute_dtype)
         shared = {
             "attention_mask": self_attention_mask(
                 attention_mask, batch_size, query_length, past_length, is_decoder, key_length
             ),
-            "encoder_hidden_states": None,
-            "encoder_attention_mask": None,
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
             "cache_index": cache_position,
             "training": training,
         }
-        if encoder_attention_mask is not None:
-            cross_mask = tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :]
-            shared["encoder_attention_mask"] = cross_mask
-        if encoder_hidden_states is not None:
-            shared["encoder_hidden_states"] = tf.cast(encoder_hidden_states, self.compute_dtype)
         layers = self.encoder.layer
         caches = past_key_values if past_key_values is not None else [None] * len(layers)
         sequence_output, all_hidden_states, outputs = run_layers(

@@ -23,38 +23,27 @@ from tfblip.modeling.inputs import check_image_size, check_pixel_values
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import BaseModelOutputWithPooling
 
-# PyTorch's bicubic kernel uses a = -0.75 (tf.image.resize uses -0.5, so it cannot be reused).
-_BICUBIC_A = -0.75
-
-
-def _bicubic_weights(t):
-    """The four cubic-convolution weights for taps at offsets -1, 0, 1, 2 from floor(src)."""
-    a = _BICUBIC_A
-
-    def near(x):  # |x| <= 1
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-
-    return [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
-
 
 def bicubic_resize_matrix(out_size, in_size):
     """(out_size, in_size) matrix M with `M @ x` = torch bicubic resize of x, align_corners=False.
 
+    PyTorch's cubic kernel has a = -0.75 (tf.image.resize's -0.5, so it cannot be reused).
     `out_size` may be a tensor (dynamic image sizes); `in_size` is a Python int.
     """
+    a = -0.75
     out_size_f = tf.cast(out_size, tf.float32)
-    scale = tf.cast(in_size, tf.float32) / out_size_f
-    src = (tf.range(out_size_f) + 0.5) * scale - 0.5
+    src = (tf.range(out_size_f) + 0.5) * (tf.cast(in_size, tf.float32) / out_size_f) - 0.5
     floor = tf.floor(src)
     t = src - floor
-    floor = tf.cast(floor, tf.int32)
     matrix = 0.0
-    for offset, weight in zip(range(-1, 3), _bicubic_weights(t)):
+    for offset in range(-1, 3):
+        x = tf.abs(t - offset)  # the tap's distance from src: under 1 for the middle two
+        if offset in (0, 1):
+            weight = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        else:
+            weight = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
         # Taps outside the grid repeat the border value, as PyTorch does.
-        index = tf.clip_by_value(floor + offset, 0, in_size - 1)
+        index = tf.clip_by_value(tf.cast(floor, tf.int32) + offset, 0, in_size - 1)
         matrix += tf.one_hot(index, in_size, dtype=tf.float32) * weight[:, None]
     return matrix
 
