@@ -9,22 +9,14 @@ are computed (the image's cross-attention keys/values, computed on the first dec
 import keras
 import tensorflow as tf
 
-from tfblip.modeling.common import dense, masked_softmax
+from tfblip.modeling.common import BuildsSublayers, dense, masked_softmax
 
 
 def write_at(buffer, states, index):
-    """`buffer` with `states` written at positions index..index+T-1.
+    """`buffer` (B, heads, L, D) with `states` (B, heads, T, D) written at index..index+T-1.
 
     A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
     untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
-
-    Args:
-        buffer: cached keys or values, (B, heads, L, head_dim).
-        states: new keys or values, (B, heads, T, head_dim).
-        index: position of the first new entry: a Python int or an int32 scalar tensor.
-
-    Returns:
-        The updated buffer, (B, heads, L, head_dim).
     """
     length = tf.shape(buffer)[2]
     if states.shape[2] == 1:  # one decoding step: a single select
@@ -38,35 +30,17 @@ def write_at(buffer, states, index):
 
 
 def with_room(cache, new_length):
-    """(keys, values), each (B, heads, L, head_dim), with `new_length` zero positions appended
-    to write new keys/values into.
-
-    Args:
-        cache: (keys, values).
-        new_length: how many positions to append.
-
-    Returns:
-        (keys, values), each (B, heads, L + new_length, head_dim).
-    """
+    """The (keys, values) cache with `new_length` zero positions appended to write into."""
     room = [[0, 0], [0, 0], [0, new_length], [0, 0]]
     return tuple(tf.pad(states, room) for states in cache)
 
 
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
     """Scaled dot-product attention over several heads, with an optional key/value cache.
 
+    `key_value_size` is the keys' input width when it is not hidden_size (cross-attention);
+    `fused_qkv` and `output_projection` give the vision tower's `qkv` and `projection`.
     Sublayers are named after the PyTorch modules they mirror, so checkpoints map by name.
-
-    Args:
-        hidden_size: width of the queries' input and of the output.
-        num_heads: number of attention heads.
-        dropout_rate: dropout on the attention probabilities while training.
-        initializer_range: standard deviation of the projections' initial kernels.
-        key_value_size: width of the keys' and values' input when it differs from
-            hidden_size (cross-attention reads the image states).
-        fused_qkv: one `qkv` projection (vision) instead of `query`, `key` and `value`.
-        output_projection: end with a `projection` Dense (vision).
-        **kwargs: Keras layer arguments (`name`, `dtype`).
     """
 
     def __init__(
@@ -84,45 +58,18 @@ class MultiHeadAttention(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.dropout_rate = dropout_rate
-        self.initializer_range = initializer_range
-        self.key_value_size = key_value_size
-        self.fused_qkv = fused_qkv
-        self.output_projection = output_projection
 
-        def projection(units, name):
-            return dense(units, name, initializer_range, self.dtype_policy)
+        def projection(units, name, input_size=hidden_size):
+            return dense(units, name, initializer_range, self.dtype_policy, input_size=input_size)
 
         # Unused projections stay None: attribute names are also the `.keras` weight paths.
+        key_value_size = key_value_size or hidden_size
         self.qkv = projection(3 * hidden_size, "qkv") if fused_qkv else None
         self.query = None if fused_qkv else projection(hidden_size, "query")
-        self.key = None if fused_qkv else projection(hidden_size, "key")
-        self.value = None if fused_qkv else projection(hidden_size, "value")
+        self.key = None if fused_qkv else projection(hidden_size, "key", key_value_size)
+        self.value = None if fused_qkv else projection(hidden_size, "value", key_value_size)
         self.projection = projection(hidden_size, "projection") if output_projection else None
         self.dropout = keras.layers.Dropout(dropout_rate, dtype=self.dtype_policy)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_size": self.hidden_size,
-            "num_heads": self.num_heads,
-            "dropout_rate": self.dropout_rate,
-            "initializer_range": self.initializer_range,
-            "key_value_size": self.key_value_size,
-            "fused_qkv": self.fused_qkv,
-            "output_projection": self.output_projection,
-        }
-
-    def build(self, input_shape=None):
-        key_value_width = self.key_value_size or self.hidden_size
-        if self.fused_qkv:
-            self.qkv.build((None, self.hidden_size))
-        else:
-            self.query.build((None, self.hidden_size))
-            self.key.build((None, key_value_width))
-            self.value.build((None, key_value_width))
-        if self.output_projection:
-            self.projection.build((None, self.hidden_size))
 
     def split_heads(self, states):
         """(B, T, H*D) -> (B, H, T, D)."""
@@ -132,7 +79,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _projections(self, hidden_states, key_value_states, needs_key_value):
         """Query, key and value split into heads; key and value None when not needed."""
-        if self.fused_qkv:
+        if self.qkv is not None:
             return [self.split_heads(t) for t in tf.split(self.qkv(hidden_states), 3, axis=-1)]
         query = self.split_heads(self.query(hidden_states))
         if not needs_key_value:
@@ -149,19 +96,11 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_index=None,
         training=False,
     ):
-        """Attends from `hidden_states` to themselves or to `key_value_states`.
+        """Attends from `hidden_states` to themselves or to `key_value_states` (cross).
 
-        Args:
-            hidden_states: the queries' input, (B, T, hidden_size).
-            attention_mask: boolean keep mask, broadcastable to (B, heads, T, keys).
-            key_value_states: the keys' and values' input (cross-attention), or None.
-            cache: None, or (keys, values): buffers to write at `cache_index`, else used as is.
-            cache_index: where the new keys/values go in the `cache` buffers.
-            training: applies dropout when True.
-
-        Returns:
-            (output (B, T, hidden_size), probabilities (B, heads, T, keys), (keys, values)
-            attended to: the cache to pass on).
+        `attention_mask` is a boolean keep mask broadcastable to (B, heads, T, keys); `cache`
+        is None or (keys, values), written at `cache_index` when given, else used as is.
+        Returns (output, probabilities (B, heads, T, keys), the (keys, values) attended to).
         """
         reuse_cache = cache is not None and cache_index is None
         query, key, value = self._projections(
@@ -190,6 +129,6 @@ class MultiHeadAttention(keras.layers.Layer):
         context = tf.reshape(
             tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.hidden_size)
         )
-        if self.output_projection:
+        if self.projection is not None:
             context = self.projection(context)
         return context, probs, (key, value)

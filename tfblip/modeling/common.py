@@ -21,20 +21,27 @@ def get_activation(name):
     return activations[name]
 
 
-def dense(units, name, initializer_range, dtype, use_bias=True):
-    """A Dense layer named after the PyTorch `nn.Linear` it mirrors."""
-    return keras.layers.Dense(
+def dense(units, name, initializer_range, dtype, use_bias=True, input_size=None):
+    """A Dense layer named after the PyTorch `nn.Linear` it mirrors.
+
+    With `input_size`, `BuildsSublayers.build` creates its kernel.
+    """
+    layer = keras.layers.Dense(
         units,
         use_bias=use_bias,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
         name=name,
         dtype=dtype,
     )
+    layer.build_shape = (None, input_size)
+    return layer
 
 
-def layer_norm(epsilon, name, dtype):
-    # Keras computes LayerNormalization statistics in float32 under mixed precision.
-    return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
+def layer_norm(epsilon, name, dtype, size=None):
+    """A LayerNormalization over `size` features (Keras keeps its statistics in float32)."""
+    layer = keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)
+    layer.build_shape = (None, size)
+    return layer
 
 
 def masked_softmax(scores, keep_mask=None):
@@ -74,17 +81,46 @@ class ConfigSerializable:
         return cls(**config)
 
 
+class BuildsSublayers:
+    """Mixin whose `build` builds every direct sublayer not built yet.
+
+    Each gets the `build_shape` that `dense` / `layer_norm` gave it, or None (our own layers
+    and Embedding know their sizes). Weights then exist right after construction, as the
+    checkpoint loaders need, under the same variable paths as when built by a call.
+    """
+
+    def build(self, input_shape=None):
+        for value in vars(self).values():
+            for child in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(child, keras.layers.Layer) and not child.built:
+                    child.build(getattr(child, "build_shape", None))
+
+
+class TowerLayer(BuildsSublayers, ConfigSerializable, keras.layers.Layer):
+    """A layer of a vision or text tower, built from the tower's config."""
+
+    def make_dense(self, units, name, input_size=None):
+        """A Dense sublayer over `input_size` features (default: hidden_size)."""
+        input_size = input_size or self.config.hidden_size
+        init = self.config.initializer_range
+        return dense(units, name, init, self.dtype_policy, input_size=input_size)
+
+    def make_layer_norm(self, name):
+        config = self.config
+        return layer_norm(config.layer_norm_eps, name, self.dtype_policy, config.hidden_size)
+
+
+def stack(block, config, name, dtype):
+    """`config.num_hidden_layers` blocks, named `<name>.<i>` as in a PyTorch ModuleList."""
+    return [block(config, name=f"{name}.{i}", dtype=dtype) for i in range(config.num_hidden_layers)]
+
+
 def run_layers(layers, hidden_states, layer_arguments):
     """Runs transformer blocks one after another.
 
-    Args:
-        layers: the blocks; each returns (hidden_states, *outputs), the same outputs each.
-        hidden_states: the first block's input.
-        layer_arguments: one dict of keyword arguments per block.
-
-    Returns:
-        (last hidden states, (input, each block's hidden states), a tuple across blocks per
-        output, e.g. the attention probabilities).
+    Each block returns (hidden_states, *outputs); `layer_arguments` holds one dict of keyword
+    arguments per block. Returns (last hidden states, (input, each block's hidden states), a
+    tuple across blocks per output, e.g. the attention probabilities).
     """
     all_hidden_states, outputs = [hidden_states], []
     for layer, arguments in zip(layers, layer_arguments, strict=True):

@@ -19,11 +19,20 @@ import tensorflow as tf
 from tfblip.configuration import BlipTextConfig
 from tfblip.modeling.attention import MultiHeadAttention, with_room
 from tfblip.modeling.common import (
+    BuildsSublayers,
     ConfigSerializable,
-    dense,
+    TowerLayer,
     get_activation,
-    layer_norm,
     run_layers,
+    stack,
+)
+
+# blip.py imports the token checks from here.
+from tfblip.modeling.inputs import (  # noqa: F401
+    check_token_ids,
+    checked_length,
+    checked_text_inputs,
+    checked_token_ids,
 )
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import (
@@ -34,35 +43,30 @@ from tfblip.outputs import (
 IGNORE_INDEX = -100
 
 
-class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
-    """Word + absolute position embeddings (no token types), LayerNorm, dropout."""
-
+class TextLayer(TowerLayer):
     config_class = BlipTextConfig
+
+
+class BlipTextEmbeddings(TextLayer):
+    """Word + absolute position embeddings (no token types), LayerNorm, dropout."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         init = keras.initializers.TruncatedNormal(stddev=config.initializer_range)
-        self.word_embeddings = keras.layers.Embedding(
-            config.vocab_size,
-            config.hidden_size,
-            embeddings_initializer=init,
-            name="word_embeddings",
-            dtype=self.dtype_policy,
-        )
-        self.position_embeddings = keras.layers.Embedding(
-            config.max_position_embeddings,
-            config.hidden_size,
-            embeddings_initializer=init,
-            name="position_embeddings",
-            dtype=self.dtype_policy,
-        )
-        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
 
-    def build(self, input_shape=None):
-        self.word_embeddings.build()
-        self.position_embeddings.build()
-        self.LayerNorm.build((None, None, self.config.hidden_size))
+        def embedding(rows, name):
+            return keras.layers.Embedding(
+                rows,
+                config.hidden_size,
+                embeddings_initializer=init,
+                name=name,
+                dtype=self.dtype_policy,
+            )
+
+        self.word_embeddings = embedding(config.vocab_size, "word_embeddings")
+        self.position_embeddings = embedding(config.max_position_embeddings, "position_embeddings")
+        self.LayerNorm = self.make_layer_norm("LayerNorm")
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
 
     @staticmethod
     @tf.custom_gradient
@@ -100,47 +104,61 @@ class BlipTextEmbeddings(ConfigSerializable, keras.layers.Layer):
         return self.dropout(self.LayerNorm(embeddings), training=training)
 
 
-class BlipTextOutput(ConfigSerializable, keras.layers.Layer):
-    """LayerNorm(dropout(dense(x)) + residual), closing an attention or feed-forward sublayer.
+class BlipTextDense(TextLayer):
+    """hidden_act(dense(x)), then a LayerNorm if asked: PyTorch's intermediate and
+    prediction-head transform modules, which exist for their weight names."""
 
-    Args:
-        config: the text config.
-        input_size: width of `x`: hidden_size after attention, intermediate_size after the
-            feed-forward dense.
-        **kwargs: Keras layer arguments (`name`, `dtype`).
-    """
+    def __init__(self, config, units, with_layer_norm=False, **kwargs):
+        super().__init__(config, **kwargs)
+        self.units, self.with_layer_norm = units, with_layer_norm
+        self.activation = get_activation(config.hidden_act)
+        self.dense = self.make_dense(units, "dense")
+        self.LayerNorm = self.make_layer_norm("LayerNorm") if with_layer_norm else None
 
-    config_class = BlipTextConfig
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "with_layer_norm": self.with_layer_norm,
+        }
+
+    def call(self, hidden_states):
+        hidden_states = self.activation(self.dense(hidden_states))
+        return hidden_states if self.LayerNorm is None else self.LayerNorm(hidden_states)
+
+
+class BlipTextPooler(TextLayer):
+    """tanh(dense(first token)). A class of its own: `.keras` files name it."""
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.dense = self.make_dense(config.hidden_size, "dense")
+
+    def call(self, hidden_states):
+        return tf.tanh(self.dense(hidden_states[:, 0]))
+
+
+class BlipTextOutput(TextLayer):
+    """LayerNorm(dropout(dense(x)) + residual), closing an attention or feed-forward sublayer;
+    `input_size` is the width of x."""
 
     def __init__(self, config, input_size, **kwargs):
         super().__init__(config, **kwargs)
         self.input_size = input_size
-        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
-        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
+        self.dense = self.make_dense(config.hidden_size, "dense", input_size)
+        self.LayerNorm = self.make_layer_norm("LayerNorm")
         self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
 
     def get_config(self):
         return {**super().get_config(), "input_size": self.input_size}
-
-    def build(self, input_shape=None):
-        self.dense.build((None, self.input_size))
-        self.LayerNorm.build((None, None, self.config.hidden_size))
 
     def call(self, hidden_states, residual, training=False):
         hidden_states = self.dropout(self.dense(hidden_states), training=training)
         return self.LayerNorm(hidden_states + residual)
 
 
-class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
-    """Attention over the text itself or, for cross-attention, the image, then `output`.
-
-    Args:
-        config: the text config.
-        is_cross_attention: attend to the image states (of width encoder_hidden_size).
-        **kwargs: Keras layer arguments (`name`, `dtype`).
-    """
-
-    config_class = BlipTextConfig
+class BlipTextAttention(TextLayer):
+    """Attention over the text itself or, for cross-attention, the image, then `output`."""
 
     def __init__(self, config, is_cross_attention=False, **kwargs):
         super().__init__(config, **kwargs)
@@ -161,52 +179,19 @@ class BlipTextAttention(ConfigSerializable, keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "is_cross_attention": self.is_cross_attention}
 
-    def build(self, input_shape=None):
-        self.self_attention.build()
-        self.attention_output.build()
+    def attend(self, hidden_states, training, **attention_arguments):
+        """(output, attention probabilities, cache): `MultiHeadAttention.call`, then `output`.
 
-    def call(
-        self,
-        hidden_states,
-        attention_mask=None,
-        encoder_hidden_states=None,
-        cache=None,
-        cache_index=None,
-        training=False,
-    ):
-        """Returns (output, attention probabilities, cache): see `MultiHeadAttention.call`."""
+        A plain method, not `call`: Keras' `__call__` would reject the mixed keyword dict.
+        """
         context, probs, cache = self.self_attention(
-            hidden_states,
-            attention_mask=attention_mask,
-            key_value_states=encoder_hidden_states,
-            cache=cache,
-            cache_index=cache_index,
-            training=training,
+            hidden_states, training=training, **attention_arguments
         )
         return self.attention_output(context, hidden_states, training=training), probs, cache
 
 
-class BlipTextIntermediate(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipTextConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        self.activation = get_activation(config.hidden_act)
-        self.dense = dense(
-            config.intermediate_size, "dense", config.initializer_range, self.dtype_policy
-        )
-
-    def build(self, input_shape=None):
-        self.dense.build((None, self.config.hidden_size))
-
-    def call(self, hidden_states):
-        return self.activation(self.dense(hidden_states))
-
-
-class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
+class BlipTextLayer(TextLayer):
     """Self-attention, cross-attention (when given image states), feed-forward."""
-
-    config_class = BlipTextConfig
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -219,19 +204,12 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
             if config.is_decoder
             else None
         )
-        self.intermediate = BlipTextIntermediate(
-            config, name="intermediate", dtype=self.dtype_policy
+        self.intermediate = BlipTextDense(
+            config, config.intermediate_size, name="intermediate", dtype=self.dtype_policy
         )
         self.feed_forward_output = BlipTextOutput(
             config, config.intermediate_size, name="output", dtype=self.dtype_policy
         )
-
-    def build(self, input_shape=None):
-        self.attention.build()
-        if self.crossattention is not None:
-            self.crossattention.build()
-        self.intermediate.build()
-        self.feed_forward_output.build()
 
     def call(
         self,
@@ -244,19 +222,19 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
         training=False,
     ):
         """Returns (output, self-attention probabilities, cross-attention probabilities or
-        None, cache): the cache is (self_key, self_value[, cross_key, cross_value]).
+        None, cache (self_key, self_value[, cross_key, cross_value])).
 
         `cache` holds the self-attention buffers to write at `cache_index` and, after the
         first decoding call, the cross-attention keys/values to reuse.
         """
         self_cache = cache[:2] if cache is not None else None
         cross_cache = cache[2:] if cache is not None else ()
-        hidden_states, self_probs, new_cache = self.attention(
+        hidden_states, self_probs, new_cache = self.attention.attend(
             hidden_states,
+            training,
             attention_mask=attention_mask,
             cache=self_cache,
             cache_index=cache_index,
-            training=training,
         )
         cross_probs = None
         if encoder_hidden_states is not None or cross_cache:
@@ -265,12 +243,12 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
                     "encoder_hidden_states were given but this text model has no cross-attention "
                     "(its config has is_decoder=False)."
                 )
-            hidden_states, cross_probs, cross_kv = self.crossattention(
+            hidden_states, cross_probs, cross_kv = self.crossattention.attend(
                 hidden_states,
+                training,
                 attention_mask=encoder_attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
+                key_value_states=encoder_hidden_states,
                 cache=cross_cache or None,
-                training=training,
             )
             new_cache = new_cache + cross_kv
         layer_output = self.feed_forward_output(
@@ -279,76 +257,22 @@ class BlipTextLayer(ConfigSerializable, keras.layers.Layer):
         return layer_output, self_probs, cross_probs, new_cache
 
 
-class BlipTextEncoder(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipTextConfig
+class BlipTextEncoder(TextLayer):
+    """The blocks, `layer.<i>`; TFBlipTextModel runs them."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.layer = [
-            BlipTextLayer(config, name=f"layer.{i}", dtype=self.dtype_policy)
-            for i in range(config.num_hidden_layers)
-        ]
-
-    def build(self, input_shape=None):
-        for layer in self.layer:
-            layer.build()
-
-    def call(
-        self,
-        hidden_states,
-        attention_mask=None,
-        encoder_hidden_states=None,
-        encoder_attention_mask=None,
-        caches=None,
-        cache_index=None,
-        output_hidden_states=False,
-        training=False,
-    ):
-        shared = {
-            "attention_mask": attention_mask,
-            "encoder_hidden_states": encoder_hidden_states,
-            "encoder_attention_mask": encoder_attention_mask,
-            "cache_index": cache_index,
-            "training": training,
-        }
-        caches = caches if caches is not None else [None] * len(self.layer)
-        hidden_states, all_hidden_states, outputs = run_layers(
-            self.layer, hidden_states, [{**shared, "cache": cache} for cache in caches]
-        )
-        self_attentions, cross_attentions, new_caches = outputs
-        return {
-            "last_hidden_state": hidden_states,
-            "hidden_states": all_hidden_states if output_hidden_states else None,
-            "attentions": self_attentions,
-            "cross_attentions": cross_attentions,
-            "past_key_values": new_caches,
-        }
-
-
-class BlipTextPooler(ConfigSerializable, keras.layers.Layer):
-    """tanh(dense(first token))."""
-
-    config_class = BlipTextConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
-
-    def build(self, input_shape=None):
-        self.dense.build((None, self.config.hidden_size))
-
-    def call(self, hidden_states):
-        return tf.tanh(self.dense(hidden_states[:, 0]))
+        self.layer = stack(BlipTextLayer, config, "layer", self.dtype_policy)
 
 
 def self_attention_mask(
     attention_mask, batch_size, query_length, past_length, is_decoder, key_length=None
 ):
-    """Boolean (B, 1, Tq, Tk) keep mask: padding, plus causality when decoding.
+    """Boolean (B, 1, Tq, Tk) keep mask: padding, plus causality when decoding; None when
+    nothing is masked.
 
-    `attention_mask` covers every key: the cached and the new tokens, (B, key_length), where
-    key_length is past_length + query_length unless a fixed-size cache is longer. Returns
-    None when nothing is masked.
+    `attention_mask` covers every key, (B, key_length): the cached and the new tokens, so
+    key_length is past_length + query_length unless a fixed-size cache is longer.
     """
     padding = None
     if attention_mask is not None:
@@ -363,85 +287,8 @@ def self_attention_mask(
     return keep if padding is None else tf.logical_and(keep, padding)
 
 
-def check_token_ids(input_ids, name="input_ids"):
-    if input_ids.shape.rank is not None and input_ids.shape.rank != 2:
-        raise ValueError(f"{name} must have shape (batch, sequence), got {input_ids.shape}.")
-    if not input_ids.dtype.is_integer:
-        raise ValueError(f"{name} must be integer token ids, got dtype {input_ids.dtype.name}.")
-
-
-def checked_indices(indices, limit, name, table):
-    """`indices`, checked to lie in [0, limit) before they index the embedding `table`.
-
-    An embedding lookup outside its table fails deep inside TensorFlow (a GatherV2 error that
-    names neither the input nor the model's limit), so the check comes first: with values
-    known when tracing (every eager call) a ValueError, else an assertion the returned tensor
-    depends on, whose InvalidArgumentError says the same when the graph runs.
-
-    Args:
-        indices: an integer tensor (token or position ids).
-        limit: the table's number of rows.
-        name: the input's name, for the message.
-        table: what the rows are, e.g. "token ids of the vocabulary (vocab_size 99)".
-
-    Returns:
-        `indices`, unchanged.
-    """
-    message = f"{name} must hold {table}, in [0, {limit})"
-    values = tf.get_static_value(indices)
-    if values is not None:
-        outside = values[(values < 0) | (values >= limit)]
-        if outside.size:
-            raise ValueError(
-                f"{message}; got {int(outside.flat[0])}. Were the ids made for another "
-                "checkpoint (a different tokenizer or config)?"
-            )
-        return indices
-    inside = tf.reduce_all((indices >= 0) & (indices < tf.cast(limit, indices.dtype)))
-    assertion = tf.debugging.Assert(
-        inside,
-        [f"{message}; got values from", tf.reduce_min(indices), "to", tf.reduce_max(indices)],
-    )
-    with tf.control_dependencies([assertion]):
-        return tf.identity(indices)
-
-
-def checked_token_ids(input_ids, config, name="input_ids"):
-    """`checked_indices` for token ids of the model with text config `config`."""
-    vocab_size = config.vocab_size
-    table = f"token ids of the vocabulary (vocab_size {vocab_size})"
-    return checked_indices(input_ids, vocab_size, name, table)
-
-
-def checked_length(inputs, past_length, max_positions, name):
-    """`inputs` (B, T, ...), checked to fit the position table after `past_length` cached
-    positions; as `checked_indices`: a ValueError when the lengths are known while tracing,
-    else an assertion the returned tensor depends on."""
-    new_length = inputs.shape[1]
-    past = tf.get_static_value(past_length)
-    if new_length is not None and past is not None:
-        if int(past) + new_length > max_positions:
-            cached = f" after {int(past)} cached tokens" if past else ""
-            raise ValueError(
-                f"{name} is {new_length} tokens long{cached}, but the model has "
-                f"{max_positions} position embeddings (max_position_embeddings): truncate "
-                f"the text to at most {max_positions - int(past)} tokens, e.g. with "
-                f"processor(text=..., truncation=True, max_length={max_positions})."
-            )
-        return inputs
-    total = tf.cast(past_length, tf.int32) + tf.shape(inputs)[1]
-    message = (
-        # No apostrophes: the assertion's message would show them escaped.
-        f"{name}, with the cached tokens, must fit the {max_positions} position embeddings "
-        "of the model (max_position_embeddings); truncate the text. Total length:"
-    )
-    assertion = tf.debugging.Assert(total <= max_positions, [message, total])
-    with tf.control_dependencies([assertion]):
-        return tf.identity(inputs)
-
-
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
+class TFBlipTextModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
     """BERT-style text model; causal with `is_decoder=True`, else bidirectional.
 
     Cross-attends to `encoder_hidden_states` when given. With `use_cache` (decoder only) it
@@ -449,6 +296,11 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
 
     `from_pretrained` also takes the text tower of a full BLIP checkpoint that has one: the
     `text_encoder` of a retrieval or VQA checkpoint, the `text_model` of a BlipModel one.
+
+    Args:
+        config: a `BlipTextConfig`; `is_decoder=True` gives the layers cross-attention.
+        add_pooling_layer: add the `pooler` (tanh of a dense of the first token's state).
+        **kwargs: Keras model arguments (`name`, `dtype`).
     """
 
     config_class = BlipTextConfig
@@ -474,12 +326,6 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
     def get_config(self):
         return {**super().get_config(), "add_pooling_layer": self.add_pooling_layer}
 
-    def build(self, input_shape=None):
-        self.embeddings.build()
-        self.encoder.build()
-        if self.pooler is not None:
-            self.pooler.build()
-
     def call(
         self,
         input_ids=None,
@@ -497,6 +343,36 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         output_hidden_states=False,
         training=False,
     ):
+        """Encodes text, or decodes it causally with `is_decoder=True`.
+
+        Args:
+            input_ids: (B, T) int token ids; or give `inputs_embeds` (B, T, D) instead.
+            attention_mask: (B, keys) 1 for tokens to attend to, 0 for padding; keys count
+                the cached tokens too.
+            position_ids: (B, T) positions; default: after the cached tokens.
+            inputs_embeds: (B, T, D) word embeddings in place of `input_ids`.
+            encoder_embeds: (B, T, D) states that skip the embeddings layer entirely.
+            encoder_hidden_states: (B, S, encoder_hidden_size) image states to cross-attend to.
+            encoder_attention_mask: (B, S) mask of those states.
+            past_key_values: the cache a previous call returned (decoder only).
+            use_cache: return `past_key_values` (decoder only); default: config.use_cache.
+            is_decoder: causal self-attention.
+            cache_position: where the new tokens go in fixed-size cache buffers (generate()).
+            output_attentions: also return the attention probabilities.
+            output_hidden_states: also return the input and every layer's hidden states.
+            training: applies dropout when True.
+
+        Returns:
+            BaseModelOutputWithPoolingAndCrossAttentions: `last_hidden_state` (B, T, D),
+            `pooler_output` (B, D) or None, and `past_key_values`, `hidden_states`,
+            `attentions`, `cross_attentions` when asked for.
+
+        Raises:
+            ValueError: not exactly one of input_ids and inputs_embeds, ids outside the
+                vocabulary or text longer than the position embeddings (InvalidArgumentError
+                instead when only known while the graph runs), or image states for a model
+                without cross-attention.
+        """
         # With `cache_position` (generate()), the cache is fixed-size buffers; without it
         # (transformers-style stepping), the keys/values of the past_length tokens so far.
         if past_key_values is None:
@@ -508,30 +384,17 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
         if encoder_embeds is not None:
             embedding_output = encoder_embeds
         else:
-            if (input_ids is None) == (inputs_embeds is None):
-                raise ValueError("Specify exactly one of input_ids and inputs_embeds.")
             # generate()'s decoding loop (the caller that passes cache_position) feeds tokens
             # it drew from the vocabulary, within the positions it checked before the loop:
-            # the checks would only cost time on every step.
-            validate = cache_position is None
-            if input_ids is not None:
-                input_ids = tf.convert_to_tensor(input_ids)
-                check_token_ids(input_ids)
-                if validate:
-                    input_ids = checked_token_ids(input_ids, self.config)
-            limit = self.config.max_position_embeddings
-            if position_ids is not None and validate:
-                position_ids = checked_indices(
-                    tf.convert_to_tensor(position_ids),
-                    limit,
-                    "position_ids",
-                    f"positions of the position embeddings (max_position_embeddings {limit})",
-                )
-            elif validate and input_ids is not None:
-                input_ids = checked_length(input_ids, past_length, limit, "input_ids")
-            elif validate:
-                inputs_embeds = tf.convert_to_tensor(inputs_embeds)
-                inputs_embeds = checked_length(inputs_embeds, past_length, limit, "inputs_embeds")
+            # range checks would only cost time on every step.
+            input_ids, inputs_embeds, position_ids = checked_text_inputs(
+                self.config,
+                input_ids,
+                inputs_embeds,
+                position_ids,
+                past_length,
+                check_ranges=cache_position is None,
+            )
             embedding_output = self.embeddings(
                 input_ids=input_ids,
                 inputs_embeds=inputs_embeds,
@@ -551,77 +414,57 @@ class TFBlipTextModel(PretrainedMixin, ConfigSerializable, keras.Model):
                 )
                 cache_position = past_length
             key_length = tf.shape(past_key_values[0][0])[2]
-        mask = self_attention_mask(
-            attention_mask, batch_size, query_length, past_length, is_decoder, key_length
-        )
-        cross_mask = None
         if encoder_attention_mask is not None:
-            cross_mask = tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :]
+            encoder_attention_mask = tf.cast(encoder_attention_mask, tf.bool)[:, None, None, :]
         if encoder_hidden_states is not None:
             encoder_hidden_states = tf.cast(encoder_hidden_states, self.compute_dtype)
-        encoded = self.encoder(
-            embedding_output,
-            attention_mask=mask,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=cross_mask,
-            caches=past_key_values,
-            cache_index=cache_position,
-            output_hidden_states=output_hidden_states,
-            training=training,
+        shared = {
+            "attention_mask": self_attention_mask(
+                attention_mask, batch_size, query_length, past_length, is_decoder, key_length
+            ),
+            "encoder_hidden_states": encoder_hidden_states,
+            "encoder_attention_mask": encoder_attention_mask,
+            "cache_index": cache_position,
+            "training": training,
+        }
+        layers = self.encoder.layer
+        caches = past_key_values if past_key_values is not None else [None] * len(layers)
+        sequence_output, all_hidden_states, outputs = run_layers(
+            layers, embedding_output, [{**shared, "cache": cache} for cache in caches]
         )
-        sequence_output = encoded["last_hidden_state"]
+        self_attentions, cross_attentions, new_caches = outputs
         if use_cache is None:
             use_cache = self.config.use_cache
-        cross = encoded["cross_attentions"]
+        output_cross = output_attentions and cross_attentions[0] is not None
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output) if self.pooler is not None else None,
-            past_key_values=encoded["past_key_values"] if (use_cache and is_decoder) else None,
-            hidden_states=encoded["hidden_states"],
-            attentions=encoded["attentions"] if output_attentions else None,
-            cross_attentions=cross if output_attentions and cross[0] is not None else None,
+            past_key_values=new_caches if (use_cache and is_decoder) else None,
+            hidden_states=all_hidden_states if output_hidden_states else None,
+            attentions=self_attentions if output_attentions else None,
+            cross_attentions=cross_attentions if output_cross else None,
         )
 
 
-class BlipTextPredictionHeadTransform(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipTextConfig
-
-    def __init__(self, config, **kwargs):
-        super().__init__(config, **kwargs)
-        self.activation = get_activation(config.hidden_act)
-        self.dense = dense(config.hidden_size, "dense", config.initializer_range, self.dtype_policy)
-        self.LayerNorm = layer_norm(config.layer_norm_eps, "LayerNorm", self.dtype_policy)
-
-    def build(self, input_shape=None):
-        self.dense.build((None, self.config.hidden_size))
-        self.LayerNorm.build((None, None, self.config.hidden_size))
-
-    def call(self, hidden_states):
-        return self.LayerNorm(self.activation(self.dense(hidden_states)))
-
-
-class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
+class BlipTextLMPredictionHead(TextLayer):
     """transform -> vocabulary projection (tied to the word embeddings by default) + bias."""
 
-    config_class = BlipTextConfig
-
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.transform = BlipTextPredictionHeadTransform(
-            config, name="transform", dtype=self.dtype_policy
+        self.transform = BlipTextDense(
+            config,
+            config.hidden_size,
+            with_layer_norm=True,
+            name="transform",
+            dtype=self.dtype_policy,
         )
         # Untied, transformers' decoder is a Linear with its own weight and bias, and
         # `predictions.bias` goes unused (it is still loaded and saved, as transformers does).
-        self.decoder = (
-            None
-            if config.tie_word_embeddings
-            else dense(config.vocab_size, "decoder", config.initializer_range, self.dtype_policy)
-        )
+        untied = not config.tie_word_embeddings
+        self.decoder = self.make_dense(config.vocab_size, "decoder") if untied else None
 
     def build(self, input_shape=None):
-        self.transform.build()
-        if self.decoder is not None:
-            self.decoder.build((None, self.config.hidden_size))
+        super().build()
         self.bias = self.add_weight(
             shape=(self.config.vocab_size,), initializer="zeros", name="bias"
         )
@@ -653,20 +496,14 @@ class BlipTextLMPredictionHead(ConfigSerializable, keras.layers.Layer):
         return logits + tf.cast(bias, logits.dtype)
 
 
-class BlipTextOnlyMLMHead(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipTextConfig
+class BlipTextOnlyMLMHead(TextLayer):
+    """PyTorch's `cls` module: it only holds `predictions`."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.predictions = BlipTextLMPredictionHead(
             config, name="predictions", dtype=self.dtype_policy
         )
-
-    def build(self, input_shape=None):
-        self.predictions.build()
-
-    def call(self, hidden_states, word_embeddings):
-        return self.predictions(hidden_states, word_embeddings)
 
 
 def causal_lm_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
@@ -694,8 +531,13 @@ def causal_lm_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
-    """The BLIP text decoder: `bert` (no pooler) + `cls` language-modeling head."""
+class TFBlipTextLMHeadModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
+    """The BLIP text decoder: `bert` (no pooler) + `cls` language-modeling head.
+
+    Args:
+        config: a `BlipTextConfig`.
+        **kwargs: Keras model arguments (`name`, `dtype`).
+    """
 
     config_class = BlipTextConfig
 
@@ -706,9 +548,6 @@ class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
         )
         self.cls = BlipTextOnlyMLMHead(config, name="cls", dtype=self.dtype_policy)
         self.build()
-
-    def build(self, input_shape=None):
-        self.cls.build()
 
     def call(
         self,
@@ -728,26 +567,28 @@ class TFBlipTextLMHeadModel(PretrainedMixin, ConfigSerializable, keras.Model):
         output_hidden_states=False,
         training=False,
     ):
+        """Next-token logits, and the loss when given labels.
+
+        Args:
+            labels: (B, T) token ids to predict, shifted inside as transformers does; -100
+                is ignored. Turns `use_cache` off.
+            reduction: "mean" (over the counted tokens) or "none" (a sum per sequence).
+            Every other argument: as `TFBlipTextModel.call`.
+
+        Returns:
+            CausalLMOutputWithCrossAttentions: `loss` (None without labels), `logits`
+            (B, T, vocab), and the cache, hidden states and attentions when asked for.
+
+        Raises:
+            ValueError: as `TFBlipTextModel.call`, or an unknown `reduction`.
+        """
         if labels is not None:
             use_cache = False
-        outputs = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            is_decoder=is_decoder,
-            cache_position=cache_position,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            training=training,
-        )
-        logits = self.cls(
-            outputs.last_hidden_state, self.bert.embeddings.word_embeddings.embeddings
-        )
+        # Every argument but the loss's goes to `bert` as it is.
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "labels", "reduction")}
+        outputs = self.bert(**arguments)
+        word_embeddings = self.bert.embeddings.word_embeddings.embeddings
+        logits = self.cls.predictions(outputs.last_hidden_state, word_embeddings)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, self.config.label_smoothing, reduction=reduction)

@@ -11,71 +11,60 @@ import tensorflow as tf
 from tfblip.configuration import BlipVisionConfig
 from tfblip.modeling.attention import MultiHeadAttention
 from tfblip.modeling.common import (
+    BuildsSublayers,
     ConfigSerializable,
-    dense,
+    TowerLayer,
     get_activation,
     layer_norm,
     run_layers,
+    stack,
 )
+from tfblip.modeling.inputs import check_image_size, check_pixel_values
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import BaseModelOutputWithPooling
-
-# PyTorch's bicubic kernel uses a = -0.75 (tf.image.resize uses -0.5, so it cannot be reused).
-_BICUBIC_A = -0.75
-
-
-def _bicubic_weights(t):
-    """The four cubic-convolution weights for taps at offsets -1, 0, 1, 2 from floor(src)."""
-    a = _BICUBIC_A
-
-    def near(x):  # |x| <= 1
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-
-    def far(x):  # 1 < |x| < 2
-        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-
-    return [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
 
 
 def bicubic_resize_matrix(out_size, in_size):
     """(out_size, in_size) matrix M with `M @ x` = torch bicubic resize of x, align_corners=False.
 
+    PyTorch's cubic kernel has a = -0.75 (tf.image.resize's -0.5, so it cannot be reused).
     `out_size` may be a tensor (dynamic image sizes); `in_size` is a Python int.
     """
+    a = -0.75
     out_size_f = tf.cast(out_size, tf.float32)
-    scale = tf.cast(in_size, tf.float32) / out_size_f
-    src = (tf.range(out_size_f) + 0.5) * scale - 0.5
+    src = (tf.range(out_size_f) + 0.5) * (tf.cast(in_size, tf.float32) / out_size_f) - 0.5
     floor = tf.floor(src)
     t = src - floor
-    floor = tf.cast(floor, tf.int32)
     matrix = 0.0
-    for offset, weight in zip(range(-1, 3), _bicubic_weights(t)):
+    for offset in range(-1, 3):
+        x = tf.abs(t - offset)  # the tap's distance from src: under 1 for the middle two
+        if offset in (0, 1):
+            weight = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        else:
+            weight = ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
         # Taps outside the grid repeat the border value, as PyTorch does.
-        index = tf.clip_by_value(floor + offset, 0, in_size - 1)
+        index = tf.clip_by_value(tf.cast(floor, tf.int32) + offset, 0, in_size - 1)
         matrix += tf.one_hot(index, in_size, dtype=tf.float32) * weight[:, None]
     return matrix
 
 
-class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
+class BlipVisionEmbeddings(TowerLayer):
     """Conv patch embedding, a prepended class token and learned position embeddings."""
-
-    config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.embed_dim = config.hidden_size
-        self.patch_size = config.patch_size_px
         self.grid_size = config.num_patches_per_side
-        self.num_positions = config.num_positions
         self.patch_embedding = keras.layers.Conv2D(
             self.embed_dim,
-            kernel_size=self.patch_size,
-            strides=self.patch_size,
+            kernel_size=config.patch_size_px,
+            strides=config.patch_size_px,
             padding="valid",
             data_format="channels_last",
             name="patch_embedding",
             dtype=self.dtype_policy,
         )
+        self.patch_embedding.build_shape = (None, None, None, config.num_channels)
 
     def build(self, input_shape=None):
         init = keras.initializers.TruncatedNormal(stddev=self.config.initializer_range)
@@ -83,11 +72,11 @@ class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
             shape=(1, 1, self.embed_dim), initializer=init, name="class_embedding"
         )
         self.position_embedding = self.add_weight(
-            shape=(1, self.num_positions, self.embed_dim),
+            shape=(1, self.config.num_positions, self.embed_dim),
             initializer=init,
             name="position_embedding",
         )
-        self.patch_embedding.build((None, None, None, self.config.num_channels))
+        super().build()
 
     def interpolated_position_embedding(self, grid_height, grid_width):
         """Position embeddings resized to a (grid_height, grid_width) patch grid."""
@@ -120,32 +109,24 @@ class BlipVisionEmbeddings(ConfigSerializable, keras.layers.Layer):
         return embeddings + tf.cast(positions, embeddings.dtype)
 
 
-class BlipMLP(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipVisionConfig
+class BlipMLP(TowerLayer):
+    """fc2(activation(fc1(x)))."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        init = config.initializer_range
         self.activation = get_activation(config.hidden_act)
-        self.fc1 = dense(config.intermediate_size, "fc1", init, self.dtype_policy)
-        self.fc2 = dense(config.hidden_size, "fc2", init, self.dtype_policy)
-
-    def build(self, input_shape=None):
-        self.fc1.build((None, self.config.hidden_size))
-        self.fc2.build((None, self.config.intermediate_size))
+        self.fc1 = self.make_dense(config.intermediate_size, "fc1")
+        self.fc2 = self.make_dense(config.hidden_size, "fc2", config.intermediate_size)
 
     def call(self, hidden_states):
         return self.fc2(self.activation(self.fc1(hidden_states)))
 
 
-class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
+class BlipEncoderLayer(TowerLayer):
     """Pre-LN transformer block: h + attn(LN(h)), then h + mlp(LN(h))."""
-
-    config_class = BlipVisionConfig
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        eps = config.layer_norm_eps
         self.self_attn = MultiHeadAttention(
             config.hidden_size,
             config.num_attention_heads,
@@ -156,14 +137,9 @@ class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
             name="self_attn",
             dtype=self.dtype_policy,
         )
-        self.layer_norm1 = layer_norm(eps, "layer_norm1", self.dtype_policy)
+        self.layer_norm1 = self.make_layer_norm("layer_norm1")
         self.mlp = BlipMLP(config, name="mlp", dtype=self.dtype_policy)
-        self.layer_norm2 = layer_norm(eps, "layer_norm2", self.dtype_policy)
-
-    def build(self, input_shape=None):
-        shape = (None, None, self.config.hidden_size)
-        for sublayer in (self.self_attn, self.layer_norm1, self.mlp, self.layer_norm2):
-            sublayer.build(shape)
+        self.layer_norm2 = self.make_layer_norm("layer_norm2")
 
     def call(self, hidden_states, training=False):
         attended, probs, _ = self.self_attn(self.layer_norm1(hidden_states), training=training)
@@ -172,71 +148,24 @@ class BlipEncoderLayer(ConfigSerializable, keras.layers.Layer):
         return hidden_states, probs
 
 
-class BlipEncoder(ConfigSerializable, keras.layers.Layer):
-    config_class = BlipVisionConfig
+class BlipEncoder(TowerLayer):
+    """The blocks, `layers.<i>`; TFBlipVisionModel runs them."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
-        self.layers = [
-            BlipEncoderLayer(config, name=f"layers.{i}", dtype=self.dtype_policy)
-            for i in range(config.num_hidden_layers)
-        ]
-
-    def build(self, input_shape=None):
-        for layer in self.layers:
-            layer.build(input_shape)
-
-    def call(
-        self, hidden_states, output_hidden_states=False, output_attentions=False, training=False
-    ):
-        arguments = [{"training": training}] * len(self.layers)
-        hidden_states, all_hidden_states, (attentions,) = run_layers(
-            self.layers, hidden_states, arguments
-        )
-        return (
-            hidden_states,
-            all_hidden_states if output_hidden_states else None,
-            attentions if output_attentions else None,
-        )
-
-
-def check_pixel_values(pixel_values, num_channels):
-    """Rejects pixel_values that are not (B, num_channels, H, W) with a message naming the problem."""
-    shape = pixel_values.shape
-    if shape.rank is not None and shape.rank != 4:
-        raise ValueError(
-            f"pixel_values must have rank 4 (batch, channels, height, width), got shape {shape}."
-        )
-    if shape.rank == 4 and shape[1] is not None and shape[1] != num_channels:
-        hint = (
-            " (channels-last input? transpose to (B, C, H, W))" if shape[3] == num_channels else ""
-        )
-        raise ValueError(
-            f"pixel_values must be channels-first with {num_channels} channels, got shape "
-            f"{shape}{hint}."
-        )
-
-
-def check_image_size(pixel_values, config, interpolate_pos_encoding):
-    """Images larger than the position grid need interpolated position embeddings."""
-    height, width = pixel_values.shape[2], pixel_values.shape[3]
-    if interpolate_pos_encoding or height is None or width is None:
-        return
-    patches = (height // config.patch_size_px) * (width // config.patch_size_px)
-    if patches > config.num_patches:
-        size = config.image_size_px
-        raise ValueError(
-            f"pixel_values of size {height}x{width} has more patches than the model's "
-            f"{size}x{size} position embeddings; pass interpolate_pos_encoding=True."
-        )
+        self.layers = stack(BlipEncoderLayer, config, "layers", self.dtype_policy)
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
-    """The BLIP ViT. Outputs `last_hidden_state` (B, 1+N, D) and `pooler_output` (B, D).
+class TFBlipVisionModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
+    """The BLIP ViT: image patches to (B, 1+N, D) states, the class token first.
 
     `from_pretrained` also takes the vision tower of a full BLIP checkpoint (captioning, VQA,
     retrieval or BlipModel).
+
+    Args:
+        config: a `BlipVisionConfig`.
+        **kwargs: Keras model arguments (`name`, `dtype`).
     """
 
     config_class = BlipVisionConfig
@@ -246,13 +175,10 @@ class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
         super().__init__(config, **kwargs)
         self.embeddings = BlipVisionEmbeddings(config, name="embeddings", dtype=self.dtype_policy)
         self.encoder = BlipEncoder(config, name="encoder", dtype=self.dtype_policy)
-        self.post_layernorm = layer_norm(config.layer_norm_eps, "post_layernorm", self.dtype_policy)
+        self.post_layernorm = layer_norm(
+            config.layer_norm_eps, "post_layernorm", self.dtype_policy, config.hidden_size
+        )
         self.build()
-
-    def build(self, input_shape=None):
-        self.embeddings.build()
-        self.encoder.build((None, None, self.config.hidden_size))
-        self.post_layernorm.build((None, None, self.config.hidden_size))
 
     def call(
         self,
@@ -262,6 +188,24 @@ class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
         output_attentions=False,
         training=False,
     ):
+        """Encodes images.
+
+        Args:
+            pixel_values: (B, num_channels, H, W) float images, normalized as the processor does.
+            interpolate_pos_encoding: resize the position embeddings to the image's patch grid
+                (needed for images larger than the config's image_size).
+            output_hidden_states: also return the input and every block's hidden states.
+            output_attentions: also return every block's attention probabilities.
+            training: applies dropout when True.
+
+        Returns:
+            BaseModelOutputWithPooling: `last_hidden_state` (B, 1+N, D), `pooler_output` (B, D)
+            (the class token), and `hidden_states` / `attentions` tuples when asked for.
+
+        Raises:
+            ValueError: pixel_values is missing, not (B, C, H, W), or too large for the
+                position embeddings without interpolate_pos_encoding.
+        """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values.")
         pixel_values = tf.convert_to_tensor(pixel_values)
@@ -271,11 +215,9 @@ class TFBlipVisionModel(PretrainedMixin, ConfigSerializable, keras.Model):
         embeddings = self.embeddings(
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        hidden_states, all_hidden_states, all_attentions = self.encoder(
-            embeddings,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            training=training,
+        arguments = [{"training": training}] * len(self.encoder.layers)
+        hidden_states, all_hidden_states, (all_attentions,) = run_layers(
+            self.encoder.layers, embeddings, arguments
         )
         last_hidden_state = self.post_layernorm(hidden_states)
         # The class token goes through post_layernorm a second time, as in transformers.
