@@ -12,6 +12,12 @@ from tfblip.generation.options import GenerationOptions
 from tfblip.generation.prompts import drop_last_token
 from tfblip.modeling.common import ConfigSerializable, dense
 from tfblip.modeling.decoder_step import DecoderStep
+from tfblip.modeling.inputs import (
+    check_image_size,
+    check_pixel_values,
+    check_token_ids,
+    checked_text_inputs,
+)
 from tfblip.modeling.multi_worker_fit import MultiWorkerFitMixin
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.modeling.text import (
@@ -19,11 +25,8 @@ from tfblip.modeling.text import (
     TFBlipTextLMHeadModel,
     TFBlipTextModel,
     causal_lm_loss,
-    check_token_ids,
-    checked_length,
-    checked_token_ids,
 )
-from tfblip.modeling.vision import TFBlipVisionModel, check_image_size, check_pixel_values
+from tfblip.modeling.vision import TFBlipVisionModel
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -229,11 +232,9 @@ class _GeneratingTaskModel(_BlipTaskModel):
         check_pixel_values(pixel_values, vision_config.num_channels)
         check_image_size(pixel_values, vision_config, interpolate_pos_encoding)
         if input_ids is not None:
-            input_ids = tf.convert_to_tensor(input_ids)
-            check_token_ids(input_ids)
-            text_config = self.config.text_config
-            checked_token_ids(input_ids, text_config)
-            checked_length(input_ids, 0, text_config.max_position_embeddings, "input_ids")
+            input_ids, _, _ = checked_text_inputs(
+                self.config.text_config, input_ids, None, None, 0, check_ranges=True
+            )
         return options, pixel_values, input_ids
 
     def _decode(self, options, encoder_states, encoder_mask, prompt_ids, prompt_mask):

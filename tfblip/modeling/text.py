@@ -26,14 +26,7 @@ from tfblip.modeling.common import (
     run_layers,
     stack,
 )
-
-# blip.py imports the token checks from here.
-from tfblip.modeling.inputs import (  # noqa: F401
-    check_token_ids,
-    checked_length,
-    checked_text_inputs,
-    checked_token_ids,
-)
+from tfblip.modeling.inputs import checked_text_inputs
 from tfblip.modeling.pretrained import PretrainedMixin
 from tfblip.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
