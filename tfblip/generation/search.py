@@ -19,19 +19,31 @@ def at_column(prompt, step):
     return tf.one_hot(prompt.width + step, total, on_value=True, off_value=False)[None, :]
 
 
+def best_token(scores, step):
+    """Greedy search's choice: each row's highest-scoring token."""
+    return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+
+def sampled_token(seed):
+    """Sampling's choice: a token drawn from each row's softmax, seeded by the int64 `seed`
+    and the step, so a seed gives the same tokens in any run."""
+
+    def draw(scores, step):
+        step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
+        return tf.cast(tf.random.stateless_categorical(scores, 1, seed=step_seed)[:, 0], tf.int32)
+
+    return draw
+
+
 def greedy_search(prompt, processors, options, token_ids, seed):
-    """Each row's best token (with do_sample, one drawn from the softmax, seeded by the int64
-    `seed` and the step), until eos or the row's allowance."""
+    """One token per row and step (the best one, or with do_sample a drawn one), until eos or
+    the row's allowance."""
     eos, pad = token_ids
+    choose = sampled_token(seed) if options.do_sample else best_token
 
     def advance(step, state, logits, cache):
         scores = apply_processors(processors, logits, prompt, state["sequences"], step)
-        if options.do_sample:
-            step_seed = tf.stack([seed, tf.cast(step, tf.int64)])
-            choice = tf.cast(tf.random.stateless_categorical(scores, 1, seed=step_seed), tf.int32)
-        else:
-            choice = tf.argmax(scores, axis=-1, output_type=tf.int32)[:, None]
-        tokens = tf.where(state["open"], choice[:, 0], pad)
+        tokens = tf.where(state["open"], choose(scores, step), pad)
         state = {
             "sequences": tf.where(at_column(prompt, step), tokens[:, None], state["sequences"]),
             "open": state["open"] & (tokens != eos) & (step + 1 < prompt.allowed),
