@@ -49,6 +49,9 @@ class BigramStep:
     def empty_cache(self, rows, length):
         return ()
 
+    def reorder_cache(self, cache, rows):
+        return cache
+
     def bind(self, encoder_states, encoder_mask):
         def next_logits(tokens, positions, attention_mask, column, cache, prefill):
             return tf.gather(self.table, tokens[:, -1]), cache

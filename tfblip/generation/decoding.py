@@ -3,9 +3,10 @@
 The loop is one `tf.while_loop` with static shapes (XLA-compilable) in a `tf.function`. The
 model is reached through a decoder step such as `tfblip.modeling.decoder_step.DecoderStep`:
 `eos_token_id`, `pad_token_id`, `max_positions`, `functions` (the compiled loops, kept as long
-as the model), `empty_cache(rows, length)` and `bind(encoder_states, encoder_mask)`, which
-returns `next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32
-logits of the last token, cache).
+as the model), `empty_cache(rows, length)`, `reorder_cache(cache, rows)` (beam search keeps
+the given rows) and `bind(encoder_states, encoder_mask)`, which returns
+`next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32 logits of
+the last token, cache). The cache's layout is the step's own business.
 """
 
 import functools
@@ -88,7 +89,10 @@ def decode(
         positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
         return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
 
-    search = beam_search if options.num_beams > 1 else greedy_search
+    if options.num_beams > 1:
+        search = functools.partial(beam_search, reorder_cache=step.reorder_cache)
+    else:
+        search = greedy_search
     processors = logits_processors(options, eos)
     state, advance, finish = search(prompt, processors, options, (eos, fill), seed)
     cache = step.empty_cache(tf.shape(ids)[0], width + max_new)

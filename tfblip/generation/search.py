@@ -1,8 +1,9 @@
 """Greedy search, sampling and beam search (as transformers 5's), for decoding's token loop.
 
-Each, called with (prompt, processors, options, (eos, fill token), seed), returns its start
-state (a dict whose "open" rows keep decoding), `advance(step, state, logits, cache)` ->
-(state, next tokens, cache, processed scores), and `finish(state, steps)` -> its results.
+Each, called with (prompt, processors, options, (eos, fill token), seed), and beam search
+also with the decoder step's `reorder_cache`, returns its start state (a dict whose "open"
+rows keep decoding), `advance(step, state, logits, cache)` -> (state, next tokens, cache,
+processed scores), and `finish(state, steps)` -> its results.
 """
 
 import tensorflow as tf
@@ -54,10 +55,11 @@ def greedy_search(prompt, processors, options, token_ids, seed):
     return state, advance, lambda state, steps: {"sequences": state["sequences"], "new": steps}
 
 
-def beam_search(prompt, processors, options, token_ids, seed):
+def beam_search(prompt, processors, options, token_ids, seed, reorder_cache):
     """Beam search over K = num_beams rows per input: each step keeps the top 2K candidates
     (processors apply to log-probabilities); finished hypotheses compete apart on their
-    length-normalized scores, under transformers' early-stopping heuristics."""
+    length-normalized scores, under transformers' early-stopping heuristics. The decoder
+    step's `reorder_cache(cache, rows)` moves the cache along with the beams."""
     beams, keep = options.num_beams, 2 * options.num_beams  # transformers: max(2, 1 + eos ids)
     length_penalty, early_stopping = options.length_penalty, options.early_stopping
     rows, total = tf.shape(prompt.buffer)[0], prompt.width + prompt.max_new
@@ -141,14 +143,10 @@ def beam_search(prompt, processors, options, token_ids, seed):
             "finished": finished,
             "open": state["open"] & (best_running > worst_finished) & ~stop,
         }
-        # Beams of one input share their encoder states: only self-attention entries move.
         parent_rows = tf.reshape(
             gather_beams(parents, next_indices) + tf.range(batch)[:, None] * beams, [-1]
         )
-        cache = tuple(
-            (tf.gather(keys, parent_rows), tf.gather(values, parent_rows), *cross)
-            for keys, values, *cross in cache
-        )
+        cache = reorder_cache(cache, parent_rows)
         tokens = tf.reshape(gather_beams(tokens, next_indices), (rows, 1))
         return state, tokens, cache, log_probs
 

@@ -23,6 +23,15 @@ class DecoderStep:
         zeros = tf.zeros(shape, self.lm_head.compute_dtype)
         return tuple((zeros, zeros) for _ in range(config.num_hidden_layers))
 
+    @staticmethod
+    def reorder_cache(cache, rows):
+        """The cache of the (N,) `rows` (beam search's surviving beams). The beams of one
+        input share their encoder states, so only the self-attention entries move."""
+        return tuple(
+            (tf.gather(keys, rows), tf.gather(values, rows), *cross)
+            for keys, values, *cross in cache
+        )
+
     def bind(self, encoder_states, encoder_mask):
         """`next_logits(tokens, positions, attention_mask, column, cache, prefill)` of one
         decoding over (N, S, D) `encoder_states` under their (N, S) mask.
