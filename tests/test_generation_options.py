@@ -103,8 +103,14 @@ def test_invalid_values_raise(options, message):
 
 
 def test_numpy_ints_are_stored_as_ints():
-    options = GenerationOptions(num_beams=np.int64(2), max_new_tokens=np.int32(3))
-    assert type(options.num_beams) is int and type(options.max_new_tokens) is int
+    # Every int option takes NumPy ints alike and keeps a plain int (JSON-writable export info).
+    numpy_ints = {"num_beams": np.int64(2), "max_new_tokens": np.int32(3)}
+    numpy_ints.update(min_length=np.int64(1), top_k=np.int16(5), seed=np.int64(7))
+    options = GenerationOptions(**numpy_ints)
+    assert all(type(getattr(options, name)) is int for name in numpy_ints)
+    for name in ("min_length", "seed"):
+        with pytest.raises(ValueError, match=name):
+            GenerationOptions(**{name: True})
 
 
 def test_every_option_keys_the_graph_or_is_per_call():

@@ -4,7 +4,7 @@ import dataclasses
 import json
 import os
 
-from tfblip.arguments import positive_int
+from tfblip.arguments import is_int, positive_int
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 
@@ -81,8 +81,10 @@ class GenerationOptions:
                 object.__setattr__(self, name, positive_int(name, getattr(self, name)))
         for name in ("min_length", "no_repeat_ngram_size", "min_new_tokens", "top_k"):
             value = getattr(self, name)
-            if name not in unset and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
+            if name not in unset:
+                if not is_int(value) or value < 0:
+                    raise ValueError(f"{name} must be a non-negative int, got {value!r}.")
+                object.__setattr__(self, name, int(value))
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}.")
         if not 0 < self.top_p <= 1:
@@ -105,8 +107,10 @@ class GenerationOptions:
                 "Greedy decoding returns one sequence per input; num_return_sequences > 1 needs "
                 "do_sample=True or num_beams >= num_return_sequences."
             )
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}.")
+        if self.seed is not None:
+            if not is_int(self.seed):
+                raise ValueError(f"seed must be an int, got {self.seed!r}.")
+            object.__setattr__(self, "seed", int(self.seed))
 
 
 def read_generation_config(directory):
