@@ -604,3 +604,28 @@ def test_repeated_calls_reuse_the_traced_loop(caption):
     )
     assert np.array_equal(first, third.sequences)
     assert {key: f.experimental_get_tracing_count() for key, f in functions.items()} == traced
+
+
+def test_new_batch_sizes_and_prompt_lengths_do_not_trace_again(short_caption):
+    # A fresh model: the image encoder and the decoding loop are traced for any batch size
+    # and prompt length on the first call, so later shapes reuse them (each trace takes
+    # seconds at full size).
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(short_caption.directory)
+
+    def tracing_counts():
+        loops = model.text_decoder.__dict__["_tfblip_generate_functions"].values()
+        encoders = model.__dict__["_tfblip_graph_functions"].values()
+        return [f.experimental_get_tracing_count() for f in (*loops, *encoders)]
+
+    model.generate(images(short_caption, 1), max_new_tokens=6)
+    assert tracing_counts() == [1, 1]
+    for batch_size, prompt_length in [(3, None), (2, 4), (1, 7)]:
+        pixels = images(short_caption, batch_size)
+        prompt = {}
+        if prompt_length is not None:
+            prompt = {"input_ids": prompt_ids(batch_size, prompt_length, seed=prompt_length)}
+        expected = torch_generate(
+            short_caption.reference, pixel_values=pixels, max_new_tokens=6, **prompt
+        )
+        assert_same_ids(model.generate(pixels, max_new_tokens=6, **prompt), expected)
+    assert tracing_counts() == [1, 1]

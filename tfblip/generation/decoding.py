@@ -1,12 +1,12 @@
 """The decoding after the encoders: prompt layout, the token loop, transformers' results.
 
-The loop is one `tf.while_loop` with static shapes (XLA-compilable) in a `tf.function`. The
+The loop is one `tf.while_loop` in a `tf.function` (XLA-compilable). The
 model is reached through a decoder step such as `tfblip.modeling.decoder_step.DecoderStep`:
 `eos_token_id`, `pad_token_id`, `max_positions`, `functions` (the compiled loops, kept as long
 as the model), `empty_cache(rows, length)`, `reorder_cache(cache, rows)` (beam search keeps
 the given rows) and `bind(encoder_states, encoder_mask)`, which returns
-`next_logits(tokens, positions, attention_mask, column, cache, prefill)` -> (float32 logits of
-the last token, cache). The cache's layout is the step's own business.
+`next_logits(tokens, positions, attention_mask, column, cache)` -> (float32 logits of the
+last token, cache). The cache's layout is the step's own business.
 """
 
 import functools
@@ -85,10 +85,6 @@ def decode(
     next_logits = step.bind(encoder_states, encoder_mask)
     full_mask = tf.cast(tf.range(width + max_new)[None, :] >= row_offsets[:, None], tf.int32)
 
-    def extend(tokens, column, cache, prefill=False):
-        positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
-        return next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache, prefill)
-
     if options.num_beams > 1:
         search = functools.partial(beam_search, reorder_cache=step.reorder_cache)
     else:
@@ -96,20 +92,31 @@ def decode(
     processors = logits_processors(options, eos)
     state, advance, finish = search(prompt, processors, options, (eos, fill), seed)
     cache = step.empty_cache(tf.shape(ids)[0], width + max_new)
-    logits, cache = extend(ids, 0, cache, prefill=True)
-    scores = tf.TensorArray(tf.float32, max_new, element_shape=(None, logits.shape[-1]))
+    scores = tf.TensorArray(tf.float32, max_new, element_shape=(None, None))
 
-    def body(index, state, logits, cache, scores):
+    def body(index, tokens, state, cache, scores):
+        # The first pass runs the whole prompt, each later one the token chosen last: the
+        # decoder appears once in the graph, so it is traced and optimized once.
+        column = tf.where(index > 0, width + index - 1, 0)
+        positions = column + tf.range(tf.shape(tokens)[1])[None, :] - row_offsets[:, None]
+        logits, cache = next_logits(tokens, tf.maximum(positions, 0), full_mask, column, cache)
         state, tokens, cache, index_scores = advance(index, state, logits, cache)
         if options.output_scores:
             scores = scores.write(index, index_scores)
-        logits, cache = extend(tokens, width + index, cache)
-        return index + 1, state, logits, cache, scores
+        return index + 1, tokens, state, cache, scores
 
-    steps, state, _, _, scores = tf.while_loop(
-        lambda index, state, *_: (index < max_new) & tf.reduce_any(state["open"]),
+    loop_vars = (tf.constant(0), ids, state, cache, scores)
+    # The tokens go from the prompt's width to one column; every other shape stays as is.
+    invariants = tf.nest.map_structure(lambda _: None, loop_vars)
+    invariants = (invariants[0], tf.TensorShape([ids.shape[0], None]), *invariants[2:])
+    if options.jit_compile:
+        # XLA compiles loops over static shapes only: the prompt pass runs before the loop.
+        loop_vars, invariants = body(*loop_vars), None
+    steps, _, state, _, scores = tf.while_loop(
+        lambda index, tokens, state, *_: (index < max_new) & tf.reduce_any(state["open"]),
         body,
-        (tf.constant(0), state, logits, cache, scores),
+        loop_vars,
+        shape_invariants=invariants,
         maximum_iterations=max_new,
     )
     result = finish(state, steps)
@@ -157,12 +164,23 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
         )
     key = (options.graph_options(), max_new)
     if key not in step.functions:
-        run = functools.partial(decode, step, options=key[0], max_new=max_new)
-        step.functions[key] = tf.function(run, jit_compile=options.jit_compile)
+        graph_options = key[0]
+
+        def run(states, states_mask, ids, mask, seed):
+            return decode(step, states, states_mask, ids, mask, graph_options, seed, max_new)
+
+        # Any batch size, prompt and encoder length: traced once per options and max_new.
+        states = tf.TensorSpec((None, None, encoder_states.shape[-1]), encoder_states.dtype)
+        rows = tf.TensorSpec((None, None), tf.int32)
+        step.functions[key] = tf.function(
+            run,
+            input_signature=[states, rows, rows, rows, tf.TensorSpec((), tf.int64)],
+            jit_compile=options.jit_compile,
+            autograph=False,
+        )
     seed = options.seed if options.seed is not None else np.random.randint(0, 2**31 - 1)
-    result = step.functions[key](
-        encoder_states, encoder_mask, ids, mask, seed=tf.constant(seed, tf.int64)
-    )
+    seed = tf.constant(seed, tf.int64)
+    result = step.functions[key](encoder_states, tf.cast(encoder_mask, tf.int32), ids, mask, seed)
     sequences = result["sequences"][:, : int(result["width"])]
     if not options.return_dict_in_generate:
         return sequences

@@ -77,6 +77,10 @@ class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
         states = tf.reshape(states, (batch_size, -1, self.num_heads, self.head_dim))
         return tf.transpose(states, (0, 2, 1, 3))
 
+    def keys_and_values(self, states):
+        """(keys, values) of `states` split into heads: the cache a cross-attention reuses."""
+        return self.split_heads(self.key(states)), self.split_heads(self.value(states))
+
     def _projections(self, hidden_states, key_value_states, needs_key_value):
         """Query, key and value split into heads; key and value None when not needed."""
         if self.qkv is not None:

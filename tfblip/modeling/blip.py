@@ -111,14 +111,32 @@ def _check_objective(objective):
         raise ValueError(f"objective must be 'itm' or 'itc', got {objective!r}.")
 
 
-def graph_function(model, name, function, *variant):
+def graph_function(model, name, function, *variant, input_signature=None):
     """`function` as a tf.function, traced once per model and variant, then reused (kept
-    outside Keras' attribute tracking, which would wrap the dict)."""
+    outside Keras' attribute tracking, which would wrap the dict).
+
+    With an `input_signature` of unknown sizes it is traced once for every batch size and
+    length; without one, a second shape traces it once more, for any shape (TensorFlow's
+    reduce_retracing). The functions are plain TensorFlow: no AutoGraph conversion, which
+    would only add tracing time.
+    """
     functions = model.__dict__.setdefault("_tfblip_graph_functions", {})
     key = (name, *variant)
     if key not in functions:
-        functions[key] = tf.function(function)
+        functions[key] = tf.function(
+            function, input_signature=input_signature, autograph=False, reduce_retracing=True
+        )
     return functions[key]
+
+
+def pixel_signature(vision_config, interpolate_pos_encoding):
+    """A TensorSpec of (any batch, channels, H, W) images: the configured size, or any size
+    when the position embeddings are interpolated."""
+    size = None if interpolate_pos_encoding else vision_config.image_size
+    return tf.TensorSpec((None, vision_config.num_channels, size, size), tf.float32)
+
+
+TOKEN_SIGNATURE = tf.TensorSpec((None, None), tf.int32)
 
 
 class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model):
@@ -455,8 +473,15 @@ class TFBlipForConditionalGeneration(_GeneratingTaskModel):
         options, pixel_values, input_ids = self._generate_inputs(
             options, pixel_values, input_ids, interpolate_pos_encoding
         )
-        encode = graph_function(self, "encode_image", self._image_states)
-        image_embeds = encode(pixel_values, interpolate_pos_encoding)
+        interpolate = bool(interpolate_pos_encoding)
+        encode = graph_function(
+            self,
+            "encode_image",
+            lambda pixels: self._image_states(pixels, interpolate),
+            interpolate,
+            input_signature=[pixel_signature(self.config.vision_config, interpolate)],
+        )
+        image_embeds = encode(pixel_values)
         prompt_ids, prompt_mask = self.decoder_prompt(
             tf.shape(image_embeds)[0], input_ids, attention_mask
         )
@@ -627,10 +652,20 @@ class TFBlipForQuestionAnswering(_GeneratingTaskModel):
         )
         input_ids, attention_mask = int32_ids_and_mask(input_ids, attention_mask)
         # The [ENC] id is a Python constant in the traced function: one per id.
+        interpolate = bool(interpolate_pos_encoding)
         encode = graph_function(
-            self, "encode_question", self._question_states, enc_token_id_in_use(self.config)
+            self,
+            "encode_question",
+            lambda ids, pixels, mask: self._question_states(ids, pixels, mask, interpolate),
+            enc_token_id_in_use(self.config),
+            interpolate,
+            input_signature=[
+                TOKEN_SIGNATURE,
+                pixel_signature(self.config.vision_config, interpolate),
+                TOKEN_SIGNATURE,
+            ],
         )
-        question_embeds = encode(input_ids, pixel_values, attention_mask, interpolate_pos_encoding)
+        question_embeds = encode(input_ids, pixel_values, attention_mask)
         bos_ids = tf.fill((tf.shape(input_ids)[0], 1), self.config.text_config.bos_token_id)
         return self._decode(
             options, question_embeds, attention_mask, bos_ids, tf.ones_like(bos_ids)

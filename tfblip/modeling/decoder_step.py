@@ -25,44 +25,45 @@ class DecoderStep:
 
     @staticmethod
     def reorder_cache(cache, rows):
-        """The cache of the (N,) `rows` (beam search's surviving beams). The beams of one
-        input share their encoder states, so only the self-attention entries move."""
-        return tuple(
-            (tf.gather(keys, rows), tf.gather(values, rows), *cross)
-            for keys, values, *cross in cache
-        )
+        """The cache of the (N,) `rows` (beam search's surviving beams)."""
+        return tuple((tf.gather(keys, rows), tf.gather(values, rows)) for keys, values in cache)
 
     def bind(self, encoder_states, encoder_mask):
-        """`next_logits(tokens, positions, attention_mask, column, cache, prefill)` of one
-        decoding over (N, S, D) `encoder_states` under their (N, S) mask.
+        """`next_logits(tokens, positions, attention_mask, column, cache)` of one decoding
+        over (N, S, D) `encoder_states` under their (N, S) mask.
 
         `next_logits` runs the decoder on (N, T) `tokens` at `positions`, written into the
         cache from `column`, and returns the float32 (N, vocab) logits of the last token and
-        the updated cache; the `prefill` call computes the cross-attention keys/values.
+        the updated cache.
         """
         lm_head = self.lm_head
         predictions = lm_head.cls.predictions
-        # Once per decoding, outside the token loop.
+        # Once per decoding, outside the token loop: the LM head's kernel and every layer's
+        # cross-attention keys/values over the encoder states.
         kernel, bias = predictions.decoding_projection(
             lm_head.bert.embeddings.word_embeddings.embeddings
         )
         encoder_states = tf.cast(encoder_states, lm_head.compute_dtype)
         encoder_mask = tf.cast(encoder_mask, tf.int32)
+        cross_cache = tuple(
+            layer.crossattention.self_attention.keys_and_values(encoder_states)
+            for layer in lm_head.bert.encoder.layer
+        )
 
-        def next_logits(tokens, positions, attention_mask, column, cache, prefill):
+        def next_logits(tokens, positions, attention_mask, column, cache):
             outputs = lm_head.bert(
                 input_ids=tokens,
                 attention_mask=attention_mask,
                 position_ids=positions,
-                encoder_hidden_states=encoder_states if prefill else None,
                 encoder_attention_mask=encoder_mask,
-                past_key_values=cache,
+                past_key_values=tuple(own + cross for own, cross in zip(cache, cross_cache)),
                 cache_position=column,
                 use_cache=True,
                 is_decoder=True,
             )
             # Only the last position's logits are needed, also after the prompt.
             logits = predictions.project(outputs.last_hidden_state[:, -1], kernel, bias)
-            return tf.cast(logits, tf.float32), outputs.past_key_values
+            cache = tuple(layer[:2] for layer in outputs.past_key_values)
+            return tf.cast(logits, tf.float32), cache
 
         return next_logits
