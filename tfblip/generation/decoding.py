@@ -77,7 +77,7 @@ def decode(
     copies = options.num_beams if options.num_beams > 1 else options.num_return_sequences
     # One row per beam or returned sequence.
     ids, lengths, allowed, encoder_states, encoder_mask, row_offsets = (
-        tf.repeat(x, copies, axis=0)
+        tf.repeat(x, copies, axis=0) if copies > 1 else x
         for x in (ids, lengths, tf.maximum(allowed, 1), encoder_states, encoder_mask, offsets)
     )
     buffer = tf.pad(ids, [[0, 0], [0, max_new]], constant_values=fill)
@@ -124,7 +124,8 @@ def decode(
     result["scores"] = scores.stack() if options.output_scores else tf.zeros((0,))
     result["steps"], result["width"] = steps, width + result.pop("new")
     # Laid out at the full width, a static shape for XLA; callers cut it to "width".
-    offsets = tf.repeat(offsets, options.num_return_sequences, axis=0)
+    if options.num_return_sequences > 1:
+        offsets = tf.repeat(offsets, options.num_return_sequences, axis=0)
     result["sequences"] = shift_rows(result["sequences"], offsets, width + max_new, fill)
     return result
 
