@@ -3,7 +3,9 @@
 The loop is one `tf.while_loop` in a `tf.function` (XLA-compilable). The
 model is reached through a decoder step such as `tfblip.modeling.decoder_step.DecoderStep`:
 `eos_token_id`, `pad_token_id`, `max_positions`, `functions` (the compiled loops, kept as long
-as the model), `empty_cache(rows, length)`, `reorder_cache(cache, rows)` (beam search keeps
+as the model), `variables` and `description` (what a traced loop reads, and a JSON-able value
+naming everything else its graph depends on: see tfblip.ops.trace_cache),
+`empty_cache(rows, length)`, `reorder_cache(cache, rows)` (beam search keeps
 the given rows) and `bind(encoder_states, encoder_mask)`, which returns
 `next_logits(tokens, positions, attention_mask, column, cache)` -> (float32 logits of the
 last token, cache). The cache's layout is the step's own business.
@@ -17,6 +19,7 @@ import tensorflow as tf
 from tfblip.generation.processors import logits_processors
 from tfblip.generation.prompts import Prompt, shift_rows
 from tfblip.generation.search import beam_search, greedy_search
+from tfblip.ops.trace_cache import traced_function
 from tfblip.outputs import register_output
 
 # With neither max_length nor max_new_tokens set, transformers 5 generates this many new tokens
@@ -173,12 +176,16 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
         # Any batch size, prompt and encoder length: traced once per options and max_new.
         states = tf.TensorSpec((None, None, encoder_states.shape[-1]), encoder_states.dtype)
         rows = tf.TensorSpec((None, None), tf.int32)
-        step.functions[key] = tf.function(
-            run,
-            input_signature=[states, rows, rows, rows, tf.TensorSpec((), tf.int64)],
-            jit_compile=options.jit_compile,
-            autograph=False,
-        )
+        signature = [states, rows, rows, rows, tf.TensorSpec((), tf.int64)]
+        if options.jit_compile:
+            function = tf.function(
+                run, input_signature=signature, jit_compile=True, autograph=False
+            )
+        else:
+            description = {"step": step.description, "options": repr(graph_options)}
+            description["max_new"] = max_new
+            function = traced_function(run, signature, step.variables, description)
+        step.functions[key] = function
     seed = options.seed if options.seed is not None else np.random.randint(0, 2**31 - 1)
     seed = tf.constant(seed, tf.int64)
     result = step.functions[key](encoder_states, tf.cast(encoder_mask, tf.int32), ids, mask, seed)

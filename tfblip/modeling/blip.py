@@ -27,6 +27,7 @@ from tfblip.modeling.text import (
     causal_lm_loss,
 )
 from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.ops.trace_cache import traced_function
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
     BlipImageTextMatchingModelOutput,
@@ -115,17 +116,26 @@ def graph_function(model, name, function, *variant, input_signature=None):
     """`function` as a tf.function, traced once per model and variant, then reused (kept
     outside Keras' attribute tracking, which would wrap the dict).
 
-    With an `input_signature` of unknown sizes it is traced once for every batch size and
-    length; without one, a second shape traces it once more, for any shape (TensorFlow's
-    reduce_retracing). The functions are plain TensorFlow: no AutoGraph conversion, which
-    would only add tracing time.
+    With an `input_signature` (unknown sizes allowed) it is traced once for every shape, or
+    read from the trace cache (tfblip.ops.trace_cache); without one, a second shape traces it
+    once more, for any shape (TensorFlow's reduce_retracing). The functions are plain
+    TensorFlow: no AutoGraph conversion, which would only add tracing time.
     """
     functions = model.__dict__.setdefault("_tfblip_graph_functions", {})
     key = (name, *variant)
     if key not in functions:
-        functions[key] = tf.function(
-            function, input_signature=input_signature, autograph=False, reduce_retracing=True
-        )
+        if input_signature is None:
+            functions[key] = tf.function(function, autograph=False, reduce_retracing=True)
+        else:
+            description = {
+                "model": type(model).__name__,
+                "config": model.config.to_dict(),
+                "dtype_policy": model.dtype_policy.name,
+                "function": [name, *variant],
+            }
+            functions[key] = traced_function(
+                function, input_signature, model.variables, description
+            )
     return functions[key]
 
 

@@ -14,6 +14,13 @@ class DecoderStep:
         self.max_positions = config.max_position_embeddings
         # The compiled decoding loops live as long as the model, outside Keras' tracking.
         self.functions = lm_head.__dict__.setdefault("_tfblip_generate_functions", {})
+        # What a traced loop reads, and what else its graph depends on (trace cache key).
+        self.variables = lm_head.variables
+        self.description = {
+            "decoder": type(lm_head).__name__,
+            "config": lm_head.config.to_dict(),
+            "dtype_policy": lm_head.dtype_policy.name,
+        }
 
     def empty_cache(self, rows, length):
         """Zero self-attention key/value buffers of `length` positions, one pair per layer."""
