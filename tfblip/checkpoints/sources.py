@@ -128,8 +128,8 @@ class _SafetensorsSource:
     def tensor(self, key, rows=None):
         """`get`'s array as a TensorFlow tensor that takes over its memory.
 
-        TensorFlow's own conversion of a numpy array copies it twice over; the array is this
-        source's own, read for this call, so sharing it is safe.
+        `tf.convert_to_tensor` copies a numpy array, lest its owner change it later; this one
+        is the source's own, read for this call and dropped after it, so sharing it is safe.
         """
         array = self.get(key, rows)
         try:
