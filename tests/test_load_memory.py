@@ -12,8 +12,9 @@ def load_script():
     return module
 
 
-def test_base_checkpoint_loads_within_one_and_a_half_times_its_size():
+def test_base_checkpoint_loads_within_its_size_and_one_tensor():
     result = load_script().measure("base")
     assert result["checkpoint_bytes"] > 800 * 2**20  # really the base model
-    # The weights are 1.0x (measured 1.36x in all); reading through a memory map gave 2.4x.
-    assert result["ratio"] <= 1.5, result
+    # The weights are 1.0x and the largest tensor (the word embeddings) 0.1x; measured 1.07x.
+    # Reading through a memory map gave 2.4x.
+    assert result["ratio"] <= 1.15, result

@@ -7,8 +7,9 @@ the model classes' `from_pretrained` / `save_pretrained` their implementation
 (`tfblip.modeling.pretrained` says why the models do not import it).
 
 Modules: `names` (PyTorch key of every Keras variable), `sources` (tensor sources of each file
-format), `loading` (all-or-nothing copy into a model), `salesforce` and `tf_h5` (readers of
-those formats), `hub` (local path or Hub download), `pretrained` (from/save_pretrained).
+format), `loading` (all-or-nothing copy into a model), `deferred` (models built without variable
+values, so that loading writes each weight once), `salesforce` and `tf_h5` (readers of those
+formats), `hub` (local path or Hub download), `pretrained` (from/save_pretrained).
 """
 
 from tfblip.checkpoints.hub import resolve_checkpoint_path

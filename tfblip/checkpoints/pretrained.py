@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from tfblip.checkpoints.hub import check_hub_options, resolve_checkpoint_path
-from tfblip.checkpoints.loading import load_weights
+from tfblip.checkpoints.loading import build_from_checkpoint
 from tfblip.checkpoints.names import pytorch_state_dict
 from tfblip.checkpoints.salesforce import is_salesforce_checkpoint, read_salesforce_checkpoint
 from tfblip.checkpoints.sources import (
@@ -93,9 +93,10 @@ def load_pretrained(
     kwargs = cls.checkpoint_arguments(set(source.keys()))
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = cls(config, **kwargs)
     checkpoint_name = path if tower is None else f"the {tower}* tensors of {path}"
-    load_weights(model, source, checkpoint_name=checkpoint_name)
+    model = build_from_checkpoint(
+        lambda: cls(config, **kwargs), source, checkpoint_name=checkpoint_name
+    )
     if tower is not None:
         unused = sorted({key.split(".")[0] + ".*" for key in whole_keys} - {tower + "*"})
         logger.warning(

@@ -2,8 +2,10 @@
 
 A source has `keys()`, `shape(key)` and `get(key, rows=None)` (the tensor, or a slice of its
 first axis, as a numpy array in PyTorch layout), so that loading can check every key and shape
-before it reads any tensor, and copy a large tensor in slices. The sources `open_checkpoint`
-returns also say whether they hold a transformers `tf_model.h5` (`from_tf_h5`).
+before it reads any tensor, and copy a large tensor in slices; `tensor(key, rows=None)` gives
+the same as a TensorFlow tensor, without a copy where the source owns the array it read. The
+sources `open_checkpoint` returns also say whether they hold a transformers `tf_model.h5`
+(`from_tf_h5`).
 """
 
 import json
@@ -11,6 +13,7 @@ import os
 
 import ml_dtypes
 import numpy as np
+import tensorflow as tf
 
 from tfblip.checkpoints.tf_h5 import TF_WEIGHTS_NAME, is_tf_h5_checkpoint, read_tf_h5
 from tfblip.errors import CheckpointError
@@ -33,6 +36,20 @@ _SAFETENSORS_DTYPES = {
     "U8": np.uint8,
     "BOOL": np.bool_,
 }
+
+
+# TensorFlow's CPU allocator aligns tensors to 64 bytes and its kernels assume it: a tensor
+# that shares the memory of a less aligned numpy array aborts the process when used.
+_TENSORFLOW_ALIGNMENT = 64
+
+
+def _aligned_empty(shape, dtype):
+    """An uninitialized C-contiguous array whose data starts on TensorFlow's alignment."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + _TENSORFLOW_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _TENSORFLOW_ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def _read_safetensors_header(path):
@@ -92,20 +109,34 @@ class _SafetensorsSource:
         return self._entries[key][2]
 
     def get(self, key, rows=None):
-        """The tensor, or the `rows` slice of its first axis."""
+        """The tensor, or the `rows` slice of its first axis: a new array of its own."""
         path, dtype, shape, begin, end = self._entries[key]
         if rows is not None:
             row_bytes = (end - begin) // shape[0]
             begin, end = begin + rows.start * row_bytes, begin + rows.stop * row_bytes
             shape = (rows.stop - rows.start, *shape[1:])
-        # A writable array, read in place with no intermediate bytes object.
-        tensor = np.empty(shape, dtype=dtype)
+        # A writable array, read in place with no intermediate bytes object, aligned so that
+        # `tensor` can hand it to TensorFlow as it is.
+        tensor = _aligned_empty(shape, dtype)
         with open(path, "rb") as f:
             f.seek(begin)
             read = f.readinto(memoryview(tensor.reshape(-1).view(np.uint8)))
         if read != end - begin:
             raise CheckpointError(f"{path} is truncated: tensor {key!r} is incomplete.")
         return tensor
+
+    def tensor(self, key, rows=None):
+        """`get`'s array as a TensorFlow tensor that takes over its memory.
+
+        `tf.convert_to_tensor` copies a numpy array, lest its owner change it later; this one
+        is the source's own, read for this call and dropped after it, so sharing it is safe.
+        """
+        array = self.get(key, rows)
+        try:
+            capsule = array.__dlpack__()
+        except BufferError:  # a dtype DLPack cannot describe: ml_dtypes' bfloat16
+            return tf.convert_to_tensor(array)
+        return tf.experimental.dlpack.from_dlpack(capsule)
 
 
 class DictSource:
@@ -134,6 +165,10 @@ class DictSource:
         if rows is not None:
             tensor = tensor[rows]
         return self._to_numpy(tensor)
+
+    def tensor(self, key, rows=None):
+        """`get`'s array as a TensorFlow tensor (a copy: the array belongs to the caller)."""
+        return tf.convert_to_tensor(self.get(key, rows))
 
     def _to_numpy(self, tensor):
         if hasattr(tensor, "detach"):
@@ -190,6 +225,9 @@ class _PrefixedSource:
 
     def get(self, key, rows=None):
         return self._source.get(self._prefix + key, rows)
+
+    def tensor(self, key, rows=None):
+        return self._source.tensor(self._prefix + key, rows)
 
 
 def select_tower(source, prefixes, model_name, checkpoint_name):
