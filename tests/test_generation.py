@@ -620,16 +620,17 @@ def test_new_batch_sizes_and_prompt_lengths_do_not_trace_again(short_caption, mo
         loops = model.text_decoder.__dict__["_tfblip_generate_functions"]
         return {**loops, **model.__dict__["_tfblip_graph_functions"]}
 
-    model.generate(images(short_caption, 1), max_new_tokens=6)
+    model.generate(images(short_caption, 1), max_length=12)
     first = functions()
     assert len(first) == 2 and len(traces) == 1
+    # max_length counts the prompt: longer prompts leave fewer new tokens, in the same graph.
     for batch_size, prompt_length in [(3, None), (2, 4), (1, 7)]:
         pixels = images(short_caption, batch_size)
         prompt = {}
         if prompt_length is not None:
             prompt = {"input_ids": prompt_ids(batch_size, prompt_length, seed=prompt_length)}
         expected = torch_generate(
-            short_caption.reference, pixel_values=pixels, max_new_tokens=6, **prompt
+            short_caption.reference, pixel_values=pixels, max_length=12, **prompt
         )
-        assert_same_ids(model.generate(pixels, max_new_tokens=6, **prompt), expected)
+        assert_same_ids(model.generate(pixels, max_length=12, **prompt), expected)
     assert functions() == first and len(traces) == 1

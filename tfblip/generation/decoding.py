@@ -56,7 +56,7 @@ def decode(
         options: the GenerationOptions.
         seed: an int64 scalar tensor, for sampling.
         max_new: the longest continuation as a Python int (static shapes, as XLA needs), or
-            None to take it from the data in the graph (SavedModel export).
+            None to take it from the data in the graph (one graph for every prompt length).
 
     Returns:
         A dict: "sequences" laid out as transformers does, padding from column "width" on;
@@ -134,8 +134,9 @@ def decode(
 
 
 def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, options):
-    """`decode` run eagerly, returning what transformers' generate returns; one tf.function
-    per graph-shaping options (`options.graph_options()`) and length is kept in `step.functions`.
+    """`decode` run eagerly, returning what transformers' generate returns; one traced loop
+    per graph-shaping options (`options.graph_options()`, and with XLA the length) is kept in
+    `step.functions`, for any batch size and prompt length.
 
     Args:
         step, encoder_states, encoder_mask, input_ids, attention_mask, options: as `decode`.
@@ -166,12 +167,15 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
             "embeddings (max_position_embeddings); lower max_new_tokens or max_length, or "
             "shorten the prompt."
         )
-    key = (options.graph_options(), max_new)
+    # XLA needs the longest continuation as a static size; without XLA the loop takes it
+    # from the data, so prompts of any length run the same graph.
+    static_max_new = max_new if options.jit_compile else None
+    key = (options.graph_options(), static_max_new)
     if key not in step.functions:
         graph_options = key[0]
 
         def run(states, states_mask, ids, mask, seed):
-            return decode(step, states, states_mask, ids, mask, graph_options, seed, max_new)
+            return decode(step, states, states_mask, ids, mask, graph_options, seed, static_max_new)
 
         # Any batch size, prompt and encoder length: traced once per options and max_new.
         states = tf.TensorSpec((None, None, encoder_states.shape[-1]), encoder_states.dtype)
@@ -183,7 +187,6 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
             )
         else:
             description = {"step": step.description, "options": repr(graph_options)}
-            description["max_new"] = max_new
             function = traced_function(run, signature, step.variables, description)
         step.functions[key] = function
     seed = options.seed if options.seed is not None else np.random.randint(0, 2**31 - 1)

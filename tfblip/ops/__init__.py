@@ -3,4 +3,6 @@
 * :mod:`tfblip.ops.image`: image decoding, Pillow-exact bicubic resizing and the image
   processor's rescale + normalize, as core TensorFlow ops.
 * :mod:`tfblip.ops.text`: the processor's WordPiece tokenizer as core TensorFlow ops.
+* :mod:`tfblip.ops.trace_cache`: traced graphs (the encoders', the decoding loop's) kept on
+  disk, so that a new process imports them instead of tracing them again.
 """
