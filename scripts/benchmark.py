@@ -281,8 +281,6 @@ def bf16_agreement(model, bf16, reference, rng, repeats):
 def write_processor_files(directory):
     """A BERT-layout vocabulary (30522 entries, then [DEC] and [ENC] as BLIP adds them) and
     BLIP's tokenizer and image-processor configs, so the checkpoint loads with a processor."""
-    import json
-
     import tfblip
 
     vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)]
@@ -334,10 +332,6 @@ print(json.dumps({"before": before, "after": after, "peak": status_bytes("VmHWM"
 def serving_memory(loader, export_dir, jpeg, checkpoint_bytes):
     """(grown, peak growth) of a fresh process that loads `export_dir` with `loader` ("tf2" or
     "session") and captions `jpeg`, each as a multiple of `checkpoint_bytes`."""
-    import json
-    import subprocess
-    import sys
-
     with tempfile.NamedTemporaryFile(suffix=".jpg") as image:
         image.write(jpeg)
         image.flush()
