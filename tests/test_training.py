@@ -13,8 +13,11 @@ import tensorflow as tf
 import torch
 import transformers
 from reference import TEXT_CONFIG, VISION_CONFIG
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 
 import tfblip
+from tfblip.modeling.train_functions import lean_graph_rewrites, lean_rewriter_config
 
 HERE = os.path.dirname(__file__)
 # VQA needs the vision width to equal the text width.
@@ -184,6 +187,79 @@ def test_fine_tuned_checkpoint_loads_in_transformers(tmp_path):
     ours = model(**batch)
     np.testing.assert_allclose(ours.logits, expected.logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(ours.loss, expected.loss.item(), rtol=1e-5)
+
+
+RewriterConfig = rewriter_config_pb2.RewriterConfig
+
+
+def current_rewrite_options():
+    """The Grappler options functions called now (in this thread) are optimised with."""
+    serialized = context.context().function_call_options.config_proto_serialized
+    return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+
+def test_fit_and_evaluate_steps_run_under_lean_grappler_options():
+    seen = {}
+
+    class Recording(tfblip.TFBlipForConditionalGeneration):
+        # The step functions are traced inside the calls that run them.
+        def train_step(self, data):
+            seen["train"] = current_rewrite_options()
+            return super().train_step(data)
+
+        def test_step(self, data):
+            seen["test"] = current_rewrite_options()
+            return super().test_step(data)
+
+    keras.utils.set_random_seed(0)
+    model = Recording(CONFIG)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1))
+    data = dataset(caption_batch())
+    model.fit(data, validation_data=data, epochs=1, verbose=0)
+    for step in ("train", "test"):
+        assert seen[step].meta_optimizer_iterations == RewriterConfig.ONE, step
+        assert seen[step].disable_tfg_optimizer, step
+    assert current_rewrite_options() == RewriterConfig()  # only inside the calls
+
+    seen.clear()
+    model.lean_train_graph = False
+    model.make_test_function(force=True)  # traced again, to look inside
+    model.evaluate(data, verbose=0)
+    assert seen["test"] == RewriterConfig()
+
+
+def test_lean_grappler_options_keep_what_the_user_set():
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.layout_optimizer = RewriterConfig.ON
+    config.graph_options.rewrite_options.meta_optimizer_iterations = RewriterConfig.TWO
+    lean = lean_rewriter_config(config).graph_options.rewrite_options
+    assert lean.layout_optimizer == RewriterConfig.ON
+    assert lean.meta_optimizer_iterations == RewriterConfig.TWO
+    assert lean.memory_optimization == RewriterConfig.NO_MEM_OPT
+    assert lean.disable_tfg_optimizer
+    assert config.graph_options.rewrite_options.memory_optimization == RewriterConfig.DEFAULT
+
+    on_gpu = lean_rewriter_config(config_pb2.ConfigProto(), gpu=True).graph_options
+    assert on_gpu.rewrite_options.memory_optimization == RewriterConfig.DEFAULT
+    assert on_gpu.rewrite_options.layout_optimizer == RewriterConfig.DEFAULT
+    assert on_gpu.rewrite_options.meta_optimizer_iterations == RewriterConfig.ONE
+
+    with pytest.raises(RuntimeError, match="inside"), lean_graph_rewrites():
+        assert current_rewrite_options().meta_optimizer_iterations == RewriterConfig.ONE
+        raise RuntimeError("inside")
+    assert current_rewrite_options() == RewriterConfig()
+
+
+def test_lean_grappler_options_train_to_bitwise_the_same_weights():
+    weights = []
+    for lean in (True, False):
+        model = task_model("caption")
+        model.lean_train_graph = lean
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
+        model.fit(dataset(caption_batch()), epochs=2, verbose=0)
+        weights.append([w.numpy() for w in model.trainable_weights])
+    for lean, default in zip(*weights):
+        np.testing.assert_array_equal(lean, default)
 
 
 def _free_ports(count):

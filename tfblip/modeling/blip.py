@@ -26,6 +26,7 @@ from tfblip.modeling.text import (
     TFBlipTextModel,
     causal_lm_loss,
 )
+from tfblip.modeling.train_functions import LeanTrainGraphMixin
 from tfblip.modeling.vision import TFBlipVisionModel
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
@@ -121,7 +122,9 @@ def graph_function(model, name, function, *variant):
     return functions[key]
 
 
-class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model):
+class _BlipTaskModel(
+    LeanTrainGraphMixin, MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model
+):
     """What the task models share: a BlipConfig, the vision tower, keyword inputs, fit()'s loss."""
 
     config_class = BlipConfig
