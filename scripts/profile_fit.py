@@ -1,28 +1,34 @@
 """Where the first fit() step of a fresh process goes: captioning fine-tuning, phase by phase.
 
-    python scripts/profile_fit.py /path/to/blip-image-captioning-base
-    python scripts/profile_fit.py CKPT --grappler-log grappler.txt   # + Grappler's own timings
-    python scripts/profile_fit.py CKPT --no-grappler                 # diagnostic only
+    python scripts/profile_fit.py CKPT                         # phases, tfblip as it is
+    python scripts/profile_fit.py CKPT --keras-defaults        # phases, as Keras/TF default
+    python scripts/profile_fit.py CKPT --fit                   # model.fit() itself, per step
+    python scripts/profile_fit.py CKPT --grappler-log FILE     # + Grappler's per-pass times
 
-Builds TFBlipForConditionalGeneration with from_pretrained, compiles it as
-scripts/finetune.py does (AdamW, cosine decay, no compile loss), and runs Keras' train
-function by hand on batches shaped as tfblip.data's caption batches (random 384x384 pixel
-values, captions of varying length padded per batch, labels -100 on padding), timing:
+CKPT is a base-size captioning checkpoint directory. The script builds
+TFBlipForConditionalGeneration with from_pretrained, compiles it as scripts/finetune.py does
+(AdamW with cosine decay, no compile loss) and trains on batches shaped as tfblip.data's
+caption batches (random 384x384 pixel values, captions of 6-20 tokens padded per batch,
+labels -100 on padding). It runs Keras' own train function by hand, timing:
 
 - load: from_pretrained;
-- optimizer build: AdamW's slot variables, built before the first step (fit() builds them
-  while tracing the first step otherwise);
+- make_train_function: with `fast_first_step` (tfblip's default) it builds the optimizer's
+  variables; with --keras-defaults they are built while the step is traced, which makes
+  TensorFlow trace the step twice;
 - trace: Python tracing of the train function (forward, gradient, optimizer update) into a
-  graph, with `get_concrete_function`, before anything runs;
+  graph with `get_concrete_function`, before anything runs;
 - first run: the first call of the traced function: TensorFlow's function instantiation,
-  Grappler's graph optimisation and the kernels' (oneDNN's) first-run setup;
-- later steps: each further step, which should be the steady state.
+  Grappler's graph optimisation and the kernels' first-run setup (oneDNN primitives, memory);
+- later steps: each further step, the steady state.
 
-The ratio first step (trace + first run) / later step is the number to bring down.
---grappler-log FILE writes TensorFlow's C++ log with Grappler's per-pass timings to FILE and
-sums them per pass; --no-grappler turns Grappler off for the whole process (a diagnostic of
-what it costs and what it saves; not a setting to train with). Timings on a shared machine
-are noisy: compare runs made back to back.
+The ratio first step (trace + first run) / later step is the number to bring down; --fit
+measures the same through model.fit(). --grappler-log FILE writes TensorFlow's C++ log with
+Grappler's per-pass timings to FILE and sums them; --no-grappler turns Grappler off for the
+whole process (a diagnostic of what it costs and saves, not a setting to train with);
+--trace-split traces the forward pass, then forward and gradient, alone first; --retrace
+times a new train function's first step in the same, warm, process. The losses and a digest
+of the trained weights are printed: runs that differ only in speed give equal digests.
+Timings on a shared machine are noisy: compare runs made back to back.
 """
 
 import argparse
@@ -42,11 +48,6 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="train steps to time (at least 2)")
     parser.add_argument("--max-caption", type=int, default=20, help="longest caption, tokens")
     parser.add_argument(
-        "--lazy-optimizer",
-        action="store_true",
-        help="leave AdamW's variables to be built while the first step traces, as fit() does",
-    )
-    parser.add_argument(
         "--retrace",
         action="store_true",
         help="then make a new train function and time its first step again in this process "
@@ -65,9 +66,10 @@ def parse_args(argv=None):
     parser.add_argument("--grappler-log", help="write Grappler's per-pass log here and sum it")
     parser.add_argument("--no-grappler", action="store_true", help="disable Grappler (diagnostic)")
     parser.add_argument(
-        "--default-grappler",
+        "--keras-defaults",
         action="store_true",
-        help="run the train function with Grappler's default passes, as tfblip did before",
+        help="model.fast_first_step = False: the optimizer built while the step is traced, "
+        "Grappler's default passes (tfblip before issue 15)",
     )
     parser.add_argument(
         "--cprofile", type=int, default=0, help="print the N costliest tracing calls"
@@ -238,14 +240,13 @@ def main(argv=None):
     schedule = keras.optimizers.schedules.CosineDecay(1e-5, 1000)
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.05))
 
-    model.lean_train_graph = not args.default_grappler
+    model.fast_first_step = not args.keras_defaults
     if args.fit:
         # fit() builds the optimizer's variables while it traces the first step.
         step_times = fit_step_times(model, dataset, args.steps)
         first, later = step_times[0], min(step_times[1:])
-        grappler = "default" if args.default_grappler else "lean"
         print(
-            f"model.fit(), grappler {grappler}: step times "
+            f"model.fit(), fast_first_step {model.fast_first_step}: step times "
             + " ".join(f"{seconds:.2f}" for seconds in step_times)
         )
         print(
@@ -256,15 +257,12 @@ def main(argv=None):
     if args.trace_split:
         phases.update(trace_split(model, dataset))
 
-    if not args.lazy_optimizer:
-        start = time.perf_counter()
-        model.optimizer.build(model.trainable_variables)
-        phases["optimizer build"] = time.perf_counter() - start
-
     iterator = iter(dataset)
-    train_function = model.make_train_function()
+    start = time.perf_counter()
+    train_function = model.make_train_function()  # fast_first_step: builds the optimizer
+    phases["make_train_function"] = time.perf_counter() - start
     step_function = traced_step_function(train_function.__wrapped__)
-    rewrites = contextlib.nullcontext if args.default_grappler else lean_graph_rewrites
+    rewrites = contextlib.nullcontext if args.keras_defaults else lean_graph_rewrites
     start = time.perf_counter()
     if args.cprofile:
         import cProfile
@@ -295,15 +293,15 @@ def main(argv=None):
         phases["first step of a new train function, same process"] = time.perf_counter() - start
 
     print(f"tensorflow {tf.__version__}, keras {keras.__version__}, tfblip {tfblip.__file__}")
-    grappler = "off" if args.no_grappler else "default" if args.default_grappler else "lean"
-    print(f"batch {args.batch_size}, grappler {grappler}")
+    grappler = "off" if args.no_grappler else "default" if args.keras_defaults else "lean"
+    print(f"batch {args.batch_size}, fast_first_step {model.fast_first_step}, grappler {grappler}")
     for name, seconds in phases.items():
         print(f"  {name:<50} {seconds:8.2f} s")
     nodes, functions, function_nodes = graph_size(concrete)
     print(f"  graph: {nodes} nodes, {functions} library functions with {function_nodes} nodes")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"  peak memory {peak:.1f} GiB")
-    print(f"  train function traced {traces} time(s) over {args.steps} steps")
+    print(f"  train function traced {traces} time(s) over {args.steps} steps (and --retrace)")
     later = min(step_times[1:])
     first = phases["trace"] + step_times[0]
     print(f"  losses {' '.join(repr(loss) for loss in losses)}, weights digest {digest(model)}")

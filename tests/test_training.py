@@ -198,34 +198,43 @@ def current_rewrite_options():
     return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
 
 
-def test_fit_and_evaluate_steps_run_under_lean_grappler_options():
-    seen = {}
+def recording_model(fast_first_step):
+    """A captioning model that records, each time its train or test step is traced, the
+    Grappler options in force (the step functions are traced inside the calls that run them)."""
+    seen = {"train": [], "test": []}
 
     class Recording(tfblip.TFBlipForConditionalGeneration):
-        # The step functions are traced inside the calls that run them.
         def train_step(self, data):
-            seen["train"] = current_rewrite_options()
+            seen["train"].append(current_rewrite_options())
             return super().train_step(data)
 
         def test_step(self, data):
-            seen["test"] = current_rewrite_options()
+            seen["test"].append(current_rewrite_options())
             return super().test_step(data)
 
     keras.utils.set_random_seed(0)
     model = Recording(CONFIG)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1))
+    model.fast_first_step = fast_first_step
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
+    return model, seen
+
+
+def test_fit_traces_the_train_step_once_and_runs_it_under_lean_grappler_options():
     data = dataset(caption_batch())
-    model.fit(data, validation_data=data, epochs=1, verbose=0)
-    for step in ("train", "test"):
-        assert seen[step].meta_optimizer_iterations == RewriterConfig.ONE, step
-        assert seen[step].disable_tfg_optimizer, step
+    model, seen = recording_model(fast_first_step=True)
+    model.fit(data, validation_data=data, epochs=2, verbose=0)
+    assert len(seen["train"]) == 1
+    for options in seen["train"] + seen["test"]:
+        assert options.meta_optimizer_iterations == RewriterConfig.ONE
+        assert options.disable_tfg_optimizer
     assert current_rewrite_options() == RewriterConfig()  # only inside the calls
 
-    seen.clear()
-    model.lean_train_graph = False
-    model.make_test_function(force=True)  # traced again, to look inside
-    model.evaluate(data, verbose=0)
-    assert seen["test"] == RewriterConfig()
+    # Keras' and TensorFlow's defaults: the optimizer's variables, created while the step is
+    # traced, make TensorFlow trace it again; Grappler gets the process's options.
+    model, seen = recording_model(fast_first_step=False)
+    model.fit(data, validation_data=data, epochs=2, verbose=0)
+    assert len(seen["train"]) == 2
+    assert all(options == RewriterConfig() for options in seen["train"] + seen["test"])
 
 
 def test_lean_grappler_options_keep_what_the_user_set():
@@ -254,7 +263,7 @@ def test_lean_grappler_options_train_to_bitwise_the_same_weights():
     weights = []
     for lean in (True, False):
         model = task_model("caption")
-        model.lean_train_graph = lean
+        model.fast_first_step = lean
         model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
         model.fit(dataset(caption_batch()), epochs=2, verbose=0)
         weights.append([w.numpy() for w in model.trainable_weights])

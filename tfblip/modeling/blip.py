@@ -26,7 +26,7 @@ from tfblip.modeling.text import (
     TFBlipTextModel,
     causal_lm_loss,
 )
-from tfblip.modeling.train_functions import LeanTrainGraphMixin
+from tfblip.modeling.train_functions import FastFirstStepMixin
 from tfblip.modeling.vision import TFBlipVisionModel
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
@@ -123,7 +123,7 @@ def graph_function(model, name, function, *variant):
 
 
 class _BlipTaskModel(
-    LeanTrainGraphMixin, MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model
+    FastFirstStepMixin, MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model
 ):
     """What the task models share: a BlipConfig, the vision tower, keyword inputs, fit()'s loss."""
 
