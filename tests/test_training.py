@@ -13,8 +13,11 @@ import tensorflow as tf
 import torch
 import transformers
 from reference import TEXT_CONFIG, VISION_CONFIG
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 
 import tfblip
+from tfblip.modeling.train_functions import lean_graph_rewrites, lean_rewriter_config
 
 HERE = os.path.dirname(__file__)
 # VQA needs the vision width to equal the text width.
@@ -184,6 +187,88 @@ def test_fine_tuned_checkpoint_loads_in_transformers(tmp_path):
     ours = model(**batch)
     np.testing.assert_allclose(ours.logits, expected.logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(ours.loss, expected.loss.item(), rtol=1e-5)
+
+
+RewriterConfig = rewriter_config_pb2.RewriterConfig
+
+
+def current_rewrite_options():
+    """The Grappler options functions called now (in this thread) are optimised with."""
+    serialized = context.context().function_call_options.config_proto_serialized
+    return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+
+def recording_model(fast_first_step):
+    """A captioning model that records, each time its train or test step is traced, the
+    Grappler options in force (the step functions are traced inside the calls that run them)."""
+    seen = {"train": [], "test": []}
+
+    class Recording(tfblip.TFBlipForConditionalGeneration):
+        def train_step(self, data):
+            seen["train"].append(current_rewrite_options())
+            return super().train_step(data)
+
+        def test_step(self, data):
+            seen["test"].append(current_rewrite_options())
+            return super().test_step(data)
+
+    keras.utils.set_random_seed(0)
+    model = Recording(CONFIG)
+    model.fast_first_step = fast_first_step
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
+    return model, seen
+
+
+def test_fit_traces_the_train_step_once_and_runs_it_under_lean_grappler_options():
+    data = dataset(caption_batch())
+    model, seen = recording_model(fast_first_step=True)
+    model.fit(data, validation_data=data, epochs=2, verbose=0)
+    assert len(seen["train"]) == 1
+    for options in seen["train"] + seen["test"]:
+        assert options.meta_optimizer_iterations == RewriterConfig.ONE
+        assert options.disable_tfg_optimizer
+    assert current_rewrite_options() == RewriterConfig()  # only inside the calls
+
+    # Keras' and TensorFlow's defaults: the optimizer's variables, created while the step is
+    # traced, make TensorFlow trace it again; Grappler gets the process's options.
+    model, seen = recording_model(fast_first_step=False)
+    model.fit(data, validation_data=data, epochs=2, verbose=0)
+    assert len(seen["train"]) == 2
+    assert all(options == RewriterConfig() for options in seen["train"] + seen["test"])
+
+
+def test_lean_grappler_options_keep_what_the_user_set():
+    config = config_pb2.ConfigProto()
+    config.graph_options.rewrite_options.layout_optimizer = RewriterConfig.ON
+    config.graph_options.rewrite_options.meta_optimizer_iterations = RewriterConfig.TWO
+    lean = lean_rewriter_config(config).graph_options.rewrite_options
+    assert lean.layout_optimizer == RewriterConfig.ON
+    assert lean.meta_optimizer_iterations == RewriterConfig.TWO
+    assert lean.memory_optimization == RewriterConfig.NO_MEM_OPT
+    assert lean.disable_tfg_optimizer
+    assert config.graph_options.rewrite_options.memory_optimization == RewriterConfig.DEFAULT
+
+    on_gpu = lean_rewriter_config(config_pb2.ConfigProto(), gpu=True).graph_options
+    assert on_gpu.rewrite_options.memory_optimization == RewriterConfig.DEFAULT
+    assert on_gpu.rewrite_options.layout_optimizer == RewriterConfig.DEFAULT
+    assert on_gpu.rewrite_options.meta_optimizer_iterations == RewriterConfig.ONE
+
+    with pytest.raises(RuntimeError, match="inside"), lean_graph_rewrites():
+        assert current_rewrite_options().meta_optimizer_iterations == RewriterConfig.ONE
+        raise RuntimeError("inside")
+    assert current_rewrite_options() == RewriterConfig()
+
+
+def test_lean_grappler_options_train_to_bitwise_the_same_weights():
+    weights = []
+    for lean in (True, False):
+        model = task_model("caption")
+        model.fast_first_step = lean
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3))
+        model.fit(dataset(caption_batch()), epochs=2, verbose=0)
+        weights.append([w.numpy() for w in model.trainable_weights])
+    for lean, default in zip(*weights):
+        np.testing.assert_array_equal(lean, default)
 
 
 def _free_ports(count):

@@ -26,6 +26,7 @@ from tfblip.modeling.text import (
     TFBlipTextModel,
     causal_lm_loss,
 )
+from tfblip.modeling.train_functions import FastFirstStepMixin
 from tfblip.modeling.vision import TFBlipVisionModel
 from tfblip.ops.trace_cache import traced_function
 from tfblip.outputs import (
@@ -149,7 +150,9 @@ def pixel_signature(vision_config, interpolate_pos_encoding):
 TOKEN_SIGNATURE = tf.TensorSpec((None, None), tf.int32)
 
 
-class _BlipTaskModel(MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model):
+class _BlipTaskModel(
+    FastFirstStepMixin, MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model
+):
     """What the task models share: a BlipConfig, the vision tower, keyword inputs, fit()'s loss."""
 
     config_class = BlipConfig
