@@ -16,9 +16,14 @@ import pytest
 import tensorflow as tf
 import torch
 from reference import TEXT_CONFIG, pixel_values, reference_model, to_torch
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.eager import context
 
 import tfblip
+from tfblip.generation import decoding
+from tfblip.modeling import blip
 from tfblip.modeling.decoder_step import DecoderStep
+from tfblip.ops.graph_rewrites import lean_rewriter_config
 
 BOS = TEXT_CONFIG["bos_token_id"]  # 97, [DEC]
 SEP = TEXT_CONFIG["sep_token_id"]  # 98, where BLIP's generate stops
@@ -634,3 +639,36 @@ def test_new_batch_sizes_and_prompt_lengths_do_not_trace_again(short_caption, mo
         )
         assert_same_ids(model.generate(pixels, max_length=12, **prompt), expected)
     assert functions() == first and len(traces) == 1
+
+
+def test_encoder_and_loop_run_under_lean_grappler_options(short_caption, monkeypatch):
+    # Grappler optimises a graph at its first call with the options in force then: the
+    # encoder and the decoding loop are called under tfblip's lean ones, every time.
+    seen = []
+
+    def recording(traced_function):
+        def trace(*args, **kwargs):
+            function = traced_function(*args, **kwargs)
+
+            def call(*inputs):
+                serialized = context.context().function_call_options.config_proto_serialized
+                options = config_pb2.ConfigProto.FromString(serialized)
+                seen.append(options.graph_options.rewrite_options)
+                return function(*inputs)
+
+            return call
+
+        return trace
+
+    monkeypatch.setattr(decoding, "traced_function", recording(decoding.traced_function))
+    monkeypatch.setattr(blip, "traced_function", recording(blip.traced_function))
+    model = tfblip.TFBlipForConditionalGeneration.from_pretrained(short_caption.directory)
+    outside = context.context().function_call_options.config_proto_serialized
+    for _ in range(2):
+        model.generate(images(short_caption, 1), max_new_tokens=3)
+    lean = lean_rewriter_config(config_pb2.ConfigProto.FromString(outside))
+    assert len(seen) == 4  # the encoder and the loop, twice
+    assert all(options == lean.graph_options.rewrite_options for options in seen)
+    assert seen[0] != config_pb2.ConfigProto.FromString(outside).graph_options.rewrite_options
+    # Only inside the calls.
+    assert context.context().function_call_options.config_proto_serialized == outside

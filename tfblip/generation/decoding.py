@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfblip.generation.processors import logits_processors
 from tfblip.generation.prompts import Prompt, shift_rows
 from tfblip.generation.search import beam_search, greedy_search
+from tfblip.ops.graph_rewrites import under_lean_graph_rewrites
 from tfblip.ops.trace_cache import traced_function
 from tfblip.outputs import register_output
 
@@ -188,7 +189,7 @@ def generate(step, encoder_states, encoder_mask, input_ids, attention_mask, opti
         else:
             description = {"step": step.description, "options": repr(graph_options)}
             function = traced_function(run, signature, step.variables, description)
-        step.functions[key] = function
+        step.functions[key] = under_lean_graph_rewrites(function)
     seed = options.seed if options.seed is not None else np.random.randint(0, 2**31 - 1)
     seed = tf.constant(seed, tf.int64)
     result = step.functions[key](encoder_states, tf.cast(encoder_mask, tf.int32), ids, mask, seed)

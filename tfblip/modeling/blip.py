@@ -28,6 +28,7 @@ from tfblip.modeling.text import (
 )
 from tfblip.modeling.train_functions import FastFirstStepMixin
 from tfblip.modeling.vision import TFBlipVisionModel
+from tfblip.ops.graph_rewrites import under_lean_graph_rewrites
 from tfblip.ops.trace_cache import traced_function
 from tfblip.outputs import (
     BlipForConditionalGenerationModelOutput,
@@ -120,13 +121,14 @@ def graph_function(model, name, function, *variant, input_signature=None):
     With an `input_signature` (unknown sizes allowed) it is traced once for every shape, or
     read from the trace cache (tfblip.ops.trace_cache); without one, a second shape traces it
     once more, for any shape (TensorFlow's reduce_retracing). The functions are plain
-    TensorFlow: no AutoGraph conversion, which would only add tracing time.
+    TensorFlow (no AutoGraph conversion, which would only add tracing time) and run under
+    `lean_graph_rewrites`, which shortens Grappler's optimisation at the first call.
     """
     functions = model.__dict__.setdefault("_tfblip_graph_functions", {})
     key = (name, *variant)
     if key not in functions:
         if input_signature is None:
-            functions[key] = tf.function(function, autograph=False, reduce_retracing=True)
+            traced = tf.function(function, autograph=False, reduce_retracing=True)
         else:
             description = {
                 "model": type(model).__name__,
@@ -134,9 +136,8 @@ def graph_function(model, name, function, *variant, input_signature=None):
                 "dtype_policy": model.dtype_policy.name,
                 "function": [name, *variant],
             }
-            functions[key] = traced_function(
-                function, input_signature, model.variables, description
-            )
+            traced = traced_function(function, input_signature, model.variables, description)
+        functions[key] = under_lean_graph_rewrites(traced)
     return functions[key]
 
 

@@ -3,7 +3,7 @@
 The first fit() step of a process traces the train step (forward, gradient and the
 optimizer's update of each variable: a ~49,000-node graph for the base captioning model),
 then TensorFlow has Grappler optimise the graph before running it. Two costs there are
-avoidable, and `FastFirstStepMixin` avoids them without changing the graph that runs:
+avoidable, and `FastFirstStepMixin` avoids them without changing what the step computes:
 
 * Keras builds the optimizer's variables while the step is traced, and a tf.function that
   creates variables on its first call is traced a second time without creating them; built
@@ -16,50 +16,7 @@ avoidable, and `FastFirstStepMixin` avoids them without changing the graph that 
 import contextlib
 import functools
 
-import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-from tensorflow.python.eager import context
-
-_RewriterConfig = rewriter_config_pb2.RewriterConfig
-
-
-def lean_rewriter_config(config, gpu=False):
-    """A copy of the ConfigProto `config` whose Grappler skips what changes nothing on a train
-    step's graph (scripts/profile_fit.py measures it on the base captioning step: a second
-    meta-optimizer iteration that removes ~4% more nodes, the TFG shape-inference and
-    control-flow passes, and on CPU the memory and layout optimizers); options the user set
-    (not DEFAULT) are kept. With `gpu`, the memory optimizer (swapping tensors to the host
-    when device memory runs short) and the layout optimizer stay as configured."""
-    lean = config_pb2.ConfigProto()
-    lean.CopyFrom(config)
-    rewrites = lean.graph_options.rewrite_options
-    settings = {"meta_optimizer_iterations": _RewriterConfig.ONE}
-    if not gpu:
-        settings["memory_optimization"] = _RewriterConfig.NO_MEM_OPT
-        settings["layout_optimizer"] = _RewriterConfig.OFF
-    for field, value in settings.items():
-        if getattr(rewrites, field) == _RewriterConfig.DEFAULT:
-            setattr(rewrites, field, value)
-    rewrites.disable_tfg_optimizer = True
-    return lean
-
-
-@contextlib.contextmanager
-def lean_graph_rewrites():
-    """Functions first called inside this block (in this thread) get the lean Grappler
-    configuration. A function is optimised once per configuration: call it inside the block
-    every time, or it is optimised again with the default one."""
-    eager = context.context()
-    saved = eager.function_call_options
-    config = config_pb2.ConfigProto.FromString(saved.config_proto_serialized)
-    gpu = bool(tf.config.list_logical_devices("GPU"))
-    eager.function_call_options = context.FunctionCallOptions(
-        executor_type=saved.executor_type, config_proto=lean_rewriter_config(config, gpu)
-    )
-    try:
-        yield
-    finally:
-        eager.function_call_options = saved
+from tfblip.ops.graph_rewrites import lean_graph_rewrites
 
 
 class FastFirstStepMixin:
