@@ -41,6 +41,9 @@ class BigramStep:
     """A toy decoder step: the next token's logits depend on the last token only."""
 
     eos_token_id, pad_token_id, max_positions = EOS, PAD, 32
+    # It reads no variables (its table is a constant, so the trace cache keeps none of its
+    # graphs) and its graph depends on nothing else.
+    variables, description = (), "bigram"
 
     def __init__(self, table):
         self.table = tf.constant(table, tf.float32)
@@ -53,7 +56,7 @@ class BigramStep:
         return cache
 
     def bind(self, encoder_states, encoder_mask):
-        def next_logits(tokens, positions, attention_mask, column, cache, prefill):
+        def next_logits(tokens, positions, attention_mask, column, cache):
             return tf.gather(self.table, tokens[:, -1]), cache
 
         return next_logits
