@@ -14,9 +14,17 @@ class DecoderStep:
         self.max_positions = config.max_position_embeddings
         # The compiled decoding loops live as long as the model, outside Keras' tracking.
         self.functions = lm_head.__dict__.setdefault("_tfblip_generate_functions", {})
-        # What a traced loop reads, and what else its graph depends on (trace cache key).
-        self.variables = lm_head.variables
-        self.description = {
+
+    # What a traced loop reads, and what else its graph depends on (the trace cache's key);
+    # read only when a loop is traced, not on every generate() call.
+    @property
+    def variables(self):
+        return self.lm_head.variables
+
+    @property
+    def description(self):
+        lm_head = self.lm_head
+        return {
             "decoder": type(lm_head).__name__,
             "config": lm_head.config.to_dict(),
             "dtype_policy": lm_head.dtype_policy.name,
