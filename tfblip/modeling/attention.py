@@ -89,7 +89,7 @@ class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
         if not needs_key_value:
             return query, None, None
         source = hidden_states if key_value_states is None else key_value_states
-        return query, self.split_heads(self.key(source)), self.split_heads(self.value(source))
+        return query, *self.keys_and_values(source)
 
     def call(
         self,

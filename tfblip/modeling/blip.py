@@ -10,7 +10,7 @@ from tfblip.configuration import DEFAULT_ENC_TOKEN_ID, BlipConfig
 from tfblip.generation.decoding import generate
 from tfblip.generation.options import GenerationOptions
 from tfblip.generation.prompts import drop_last_token
-from tfblip.modeling.common import ConfigSerializable, dense
+from tfblip.modeling.common import ConfigSerializable, dense, graph_description
 from tfblip.modeling.decoder_step import DecoderStep
 from tfblip.modeling.inputs import (
     check_image_size,
@@ -130,12 +130,7 @@ def graph_function(model, name, function, *variant, input_signature=None):
         if input_signature is None:
             traced = tf.function(function, autograph=False, reduce_retracing=True)
         else:
-            description = {
-                "model": type(model).__name__,
-                "config": model.config.to_dict(),
-                "dtype_policy": model.dtype_policy.name,
-                "function": [name, *variant],
-            }
+            description = graph_description(model, function=[name, *variant])
             traced = traced_function(function, input_signature, model.variables, description)
         functions[key] = under_lean_graph_rewrites(traced)
     return functions[key]

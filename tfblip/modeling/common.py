@@ -82,6 +82,17 @@ def masked_softmax(scores, keep_mask=None):
     return tf.cast(tf.nn.softmax(scores_f32, axis=-1), scores.dtype)
 
 
+def graph_description(layer, **details):
+    """What a traced graph of `layer` depends on besides its variables: its class, config and
+    dtype policy, and `details` (the trace cache's key, tfblip.ops.trace_cache)."""
+    return {
+        "layer": type(layer).__name__,
+        "config": layer.config.to_dict(),
+        "dtype_policy": layer.dtype_policy.name,
+        **details,
+    }
+
+
 class ConfigSerializable:
     """Mixin for layers and models built from a config object (kept as `self.config`).
 

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from tfblip.modeling.common import graph_description
+
 
 class DecoderStep:
     """The text decoder (`lm_head`, a TFBlipTextLMHeadModel) as `tfblip.generation` calls it."""
@@ -23,12 +25,7 @@ class DecoderStep:
 
     @property
     def description(self):
-        lm_head = self.lm_head
-        return {
-            "decoder": type(lm_head).__name__,
-            "config": lm_head.config.to_dict(),
-            "dtype_policy": lm_head.dtype_policy.name,
-        }
+        return graph_description(self.lm_head)
 
     def empty_cache(self, rows, length):
         """Zero self-attention key/value buffers of `length` positions, one pair per layer."""
