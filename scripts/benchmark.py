@@ -15,9 +15,11 @@ tfblip is faster). Absolute times on a shared machine are noise; the ratios are 
 - generation: base-size random-weight captioning and VQA checkpoints built with transformers;
   `generate()` with exactly 20 new tokens (min_new_tokens = max_new_tokens = 20): caption at
   batch 1 (also with XLA), batch 8 and beam 3; VQA at batch 1; bfloat16 (the Keras
-  "bfloat16" policy: bf16 weights, LayerNorm statistics and softmax in float32) against
-  PyTorch fp32, with the share of greedy tokens that agree with tfblip fp32. First-call
-  (trace/compile) times are printed beside.
+  "bfloat16" policy: bf16 weights, LayerNorm statistics and softmax in float32) and int8
+  (`quantize="int8"`: weight-only int8) against PyTorch fp32, on a base model whose logits
+  were spread so greedy choices are clear (`make_decisive`), with the share of greedy tokens
+  equal to tfblip fp32's, the largest logit difference relative to the largest logit, and
+  the weights' bytes against fp32's. First-call (trace/compile) times are printed beside.
 - saved_model: the caption export (`tfblip.export_saved_model`) loaded with
   `tf.saved_model.load` and run in graph mode without XLA, as stock TF Serving runs it, on JPEG
   bytes (decoding, preprocessing, 20 greedy tokens, detokenizing) against transformers doing
@@ -201,12 +203,9 @@ def benchmark_generation(repeats):
     """Captioning and VQA decoding; every run produces exactly 20 new tokens."""
     import torch
 
-    import tfblip
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as directory:
         reference, model = base_captioning_pair(directory)
-        bf16 = tfblip.TFBlipForConditionalGeneration.from_pretrained(directory, dtype="bfloat16")
     cases = [
         ("caption, batch 1, greedy", 1, {}),
         ("caption, batch 1, greedy, XLA", 1, {"jit_compile": True}),
@@ -227,7 +226,7 @@ def benchmark_generation(repeats):
             model.generate(pixels, **FIXED_20_TOKENS, **options)
 
         time_generation(name, run_tfblip, run_torch, repeats, options)
-    bf16_agreement(model, bf16, reference, rng, repeats)
+    benchmark_precisions(rng, repeats)
     benchmark_vqa(rng, repeats)
 
 
@@ -259,14 +258,50 @@ def benchmark_vqa(rng, repeats):
     time_generation("vqa, batch 1, greedy", run_tfblip, run_torch, repeats)
 
 
-def bf16_agreement(model, bf16, reference, rng, repeats):
-    """bfloat16 speed against PyTorch fp32, and the share of its tokens equal to fp32's."""
+def make_decisive(reference):
+    """Spreads a random base model's logits so its greedy choices are clear, as a trained
+    model's are: random weights give next-token margins of a few hundredths among 30k
+    tokens, and a precision comparison would then count near-ties, not rounding. The LM
+    head's LayerNorm is scaled by 20 (logits spread over about +-30) and cross-attention
+    weights by 3 (captions depend on the image)."""
     import torch
 
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if "crossattention" in name and name.endswith(".weight"):
+                parameter.mul_(3)
+        norm = reference.text_decoder.cls.predictions.transform.LayerNorm
+        norm.weight.mul_(20)
+        norm.bias.mul_(20)
+    return reference
+
+
+def weight_bytes(model):
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
+
+
+def benchmark_precisions(rng, repeats):
+    """bfloat16 and int8 against PyTorch fp32 on a decisive base model (`make_decisive`), with
+    the share of their greedy tokens equal to tfblip fp32's and the largest logit difference
+    (teacher-forced on fp32's tokens) relative to the largest fp32 logit."""
+    import torch
+    import transformers
+
+    import tfblip
+
+    torch.manual_seed(0)
+    reference = transformers.BlipForConditionalGeneration(transformers.BlipConfig()).eval()
+    reference = make_decisive(reference)
+    with tempfile.TemporaryDirectory() as directory:
+        reference.save_pretrained(directory)
+        load = tfblip.TFBlipForConditionalGeneration.from_pretrained
+        full = load(directory)
+        variants = {"bfloat16": load(directory, dtype="bfloat16")}
+        variants["int8"] = load(directory, quantize="int8")
     fixed = FIXED_20_TOKENS
     pixels = rng.normal(size=(8, 3, 384, 384)).astype(np.float32)
-    full = model.generate(pixels, **fixed).numpy()[:, 1:]
-    half = bf16.generate(pixels, **fixed).numpy()[:, 1:]
+    full_tokens = full.generate(pixels, **fixed)
+    full_logits = full(pixel_values=pixels, input_ids=full_tokens).logits.numpy()
     single = pixels[:1]
 
     def run_torch():
@@ -274,11 +309,24 @@ def bf16_agreement(model, bf16, reference, rng, repeats):
             reference.generate(pixel_values=torch.from_numpy(single), **fixed)
 
     theirs = best_time(run_torch, repeats)
-    agreement = f"   ({np.mean(full == half):.0%} of 8x20 greedy tokens equal to fp32)"
-    for suffix, options in (("", {}), (", XLA", {"jit_compile": True})):
-        bf16.generate(single, **fixed, **options)
-        ours = best_time(lambda options=options: bf16.generate(single, **fixed, **options), repeats)
-        report("caption, batch 1, greedy, bfloat16" + suffix, ours, theirs, agreement)
+    for name, model in variants.items():
+        tokens = model.generate(pixels, **fixed)
+        logits = model(pixel_values=pixels, input_ids=full_tokens).logits.numpy()
+        difference = np.abs(logits - full_logits).max() / np.abs(full_logits).max()
+        agreement = np.mean(tokens.numpy()[:, 1:] == full_tokens.numpy()[:, 1:])
+        memory = weight_bytes(model) / weight_bytes(full)
+        details = (
+            f"   ({agreement:.0%} of 8x20 greedy tokens equal to fp32, logits within "
+            f"{difference:.1e}, weights {memory:.2f}x fp32)"
+        )
+        option_sets = (("", {}), (", XLA", {"jit_compile": True}))
+        for suffix, options in option_sets if name == "bfloat16" else option_sets[:1]:
+            model.generate(single, **fixed, **options)
+            ours = best_time(
+                lambda model=model, options=options: model.generate(single, **fixed, **options),
+                repeats,
+            )
+            report(f"caption, batch 1, greedy, {name}{suffix}", ours, theirs, details)
 
 
 def write_processor_files(directory):

@@ -427,8 +427,10 @@ def test_repo_id_without_huggingface_hub_explains_local_use(monkeypatch):
 def test_unknown_keywords_are_refused_for_local_paths(caption_checkpoint, monkeypatch):
     _, directory = caption_checkpoint
     model_class = tfblip.TFBlipForConditionalGeneration
-    for name in ("dtyp", "quantize"):
-        with pytest.raises(TypeError, match=rf"'{name}'.*config, dtype, image_size.*revision"):
+    for name in ("dtyp", "load_in_8bit"):
+        with pytest.raises(
+            TypeError, match=rf"'{name}'.*config, dtype, image_size, quantize.*revision"
+        ):
             model_class.from_pretrained(directory, **{name: "bfloat16"})
     # Download options mean nothing for a local path: ignored, as transformers does.
     model_class.from_pretrained(directory, revision="v1", cache_dir="unused", token="t")
@@ -454,7 +456,7 @@ def test_hub_keywords_follow_snapshot_download(caption_checkpoint, monkeypatch):
     model_class.from_pretrained("Salesforce/blip-test", revision="v1", cache_dir="cache")
     assert downloads == [("Salesforce/blip-test", "v1", "cache")]
     # token is an option of the real snapshot_download, not of this one.
-    for name in ("token", "quantize", "allow_patterns"):
+    for name in ("token", "load_in_8bit", "allow_patterns"):
         with pytest.raises(TypeError, match=rf"'{name}'.*: cache_dir, revision\.$"):
             model_class.from_pretrained("Salesforce/blip-test", **{name: "x"})
     assert len(downloads) == 1

@@ -181,6 +181,22 @@ def test_caption_with_prompt(checkpoints, models, processor, photos):
     assert all(c.startswith("a picture of") for c in captions)
 
 
+def test_caption_with_quantize_int8(checkpoints, models, processor, photos):
+    paths = [photos / "chelsea.jpg", photos / "rocket.jpg"]
+    model = MODEL_CLASSES["caption"].from_pretrained(checkpoints["caption"], quantize="int8")
+    command = ["caption", *paths, "--model", checkpoints["caption"], *CAPTION_OPTIONS]
+    done = _tfblip(*command, "--quantize", "int8")
+    assert done.returncode == 0, done.stderr
+    captions = [line.split("\t")[1] for line in done.stdout.splitlines()]
+    assert captions == [_expected_caption(model, processor, p) for p in paths]
+    # Guard: the int8 model is not the float one (its logits moved).
+    pixels = processor(images=[str(paths[0])], return_tensors="tf")["pixel_values"]
+    ids = model.generate(pixels, num_beams=2, max_new_tokens=6)
+    rounded = model(pixel_values=pixels, input_ids=ids).logits.numpy()
+    unrounded = models["caption"](pixel_values=pixels, input_ids=ids).logits.numpy()
+    assert np.abs(rounded - unrounded).max() > 1e-4 * np.abs(unrounded).max()
+
+
 def test_vqa(checkpoints, models, processor, photos):
     image, question = photos / "chelsea.jpg", "what is on the couch?"
     done = _tfblip(
@@ -346,6 +362,7 @@ def test_runtime_errors(checkpoints, photos, tmp_path):
         (["match", "x.jpg", "--text", "a", "--format", "csv"], "invalid choice: 'csv'"),
         (["embed", "x.jpg", "--text", "a", "--output", "e.npy"], "not both or neither"),
         (["convert", "src"], "the following arguments are required: DST"),
+        (["caption", "x.jpg", "--quantize", "int4"], "invalid choice: 'int4'"),
     ],
 )
 def test_usage_errors(arguments, message):

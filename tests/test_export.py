@@ -51,6 +51,8 @@ SIGNATURES = {
         "text_embeds_from_ids",
     },
 }
+# The caption model with int8 weights (model.quantize), exported and served like the others.
+SIGNATURES["caption_int8"] = SIGNATURES["caption"]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(checkpoint):
     _, config = checkpoint
-    return {
+    models = {
         task: randomize_keras(model_class(config), seed)
         for seed, (task, model_class) in enumerate(
             (
@@ -93,6 +95,9 @@ def models(checkpoint):
             )
         )
     }
+    models["caption_int8"] = randomize_keras(tfblip.TFBlipForConditionalGeneration(config), 0)
+    models["caption_int8"].quantize("int8")
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,7 @@ def exports(checkpoint, models, tmp_path_factory):
     root = tmp_path_factory.mktemp("saved_models")
     directories = {}
     for task, model in models.items():
-        options = CAPTION_OPTIONS if task == "caption" else {}
+        options = CAPTION_OPTIONS if task.startswith("caption") else {}
         if task == "vqa":
             options = {"max_new_tokens": 5}
         directories[task] = export_saved_model(model, processor, root / task / "1", **options)
@@ -134,6 +139,8 @@ def _requests(exports, images, processor):
         add("features", "image_embeds", {"image_bytes": files}, batch)
         add("features", "text_embeds", {"text": TEXTS}, batch)
         add("caption", "caption_from_pixels", {"pixel_values": pixels}, batch)
+        add("caption_int8", "serving_default", {"image_bytes": files}, batch)
+        add("caption_int8", "caption_from_pixels", {"pixel_values": pixels}, batch)
         for task, signature, texts in (
             ("caption", "caption_with_prompt_from_pixels", PROMPTS),
             ("vqa", "vqa_from_pixels", QUESTIONS),
@@ -234,6 +241,30 @@ def test_caption_signatures_match_generate(checkpoint, models, images, served, b
         captions = _decoded(served, key, "caption")
         assert captions == processor.batch_decode(expected, skip_special_tokens=True)
         assert all(c.startswith(p) for c, p in zip(captions, PROMPTS))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_int8_caption_export_matches_generate(checkpoint, models, images, served, batch):
+    processor, _ = checkpoint
+    model = models["caption_int8"]
+    pixels = processor(images=images[:batch], return_tensors="tf")["pixel_values"]
+    expected = model.generate(pixels, **CAPTION_OPTIONS).numpy()
+    for signature in ("serving_default", "caption_from_pixels"):
+        np.testing.assert_array_equal(
+            served[f"caption_int8:{signature}:{batch}/token_ids"], expected
+        )
+    # The same float weights before rounding (same seed): rounding changed the logits.
+    rounded = model(pixel_values=pixels, input_ids=expected).logits.numpy()
+    unrounded = models["caption"](pixel_values=pixels, input_ids=expected).logits.numpy()
+    assert np.abs(rounded - unrounded).max() > 1e-4 * np.abs(unrounded).max()
+
+
+def test_int8_export_stores_int8_weights(exports):
+    def weight_bytes(task):
+        directory = os.path.join(exports[task], "variables")
+        return sum(os.path.getsize(os.path.join(directory, name)) for name in os.listdir(directory))
+
+    assert weight_bytes("caption_int8") < 0.5 * weight_bytes("caption")
 
 
 def test_captions_are_informative(served):
@@ -441,6 +472,15 @@ def test_export_command(checkpoint, models, tmp_path):
     assert info["task"] == "caption"
     assert info["generation_options"]["num_beams"] == 2
     assert info["generation_options"]["max_new_tokens"] == 4
+    assert info["quantization"] is None
+
+    quantized = tmp_path / "saved_models" / "blip_int8" / "1"
+    command_int8 = [*command, "--quantize", "int8"]
+    command_int8[command_int8.index(str(output))] = str(quantized)
+    done = subprocess.run(command_int8, capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((quantized / "assets" / "tfblip_export.json").read_text())
+    assert info["quantization"] == "int8"
 
     again = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
     assert again.returncode == 1

@@ -22,6 +22,7 @@ from tfblip.checkpoints.sources import (
 )
 from tfblip.configuration import CONFIG_NAME
 from tfblip.generation import GENERATION_CONFIG_NAME, read_generation_config
+from tfblip.modeling.quantization import check_quantization_mode
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,13 @@ def _lm_head_untied(source):
 
 
 def load_pretrained(
-    cls, pretrained_model_name_or_path, config=None, dtype=None, image_size=None, **hub_kwargs
+    cls,
+    pretrained_model_name_or_path,
+    config=None,
+    dtype=None,
+    image_size=None,
+    quantize=None,
+    **hub_kwargs,
 ):
     """`cls.from_pretrained(...)`: builds a `cls` model from a checkpoint.
 
@@ -49,7 +56,7 @@ def load_pretrained(
     Args:
         cls: the model class; its `config_class`, `tower_prefixes` and
             `checkpoint_arguments` say how to build it.
-        pretrained_model_name_or_path, config, dtype, image_size, **hub_kwargs: as
+        pretrained_model_name_or_path, config, dtype, image_size, quantize, **hub_kwargs: as
             `PretrainedMixin.from_pretrained` (tfblip/modeling/pretrained.py) documents them.
 
     Returns:
@@ -57,12 +64,14 @@ def load_pretrained(
 
     Raises:
         TypeError: a keyword of `hub_kwargs` is no download option.
-        ValueError: `image_size` is given for a checkpoint other than a Salesforce `.pth`.
+        ValueError: `image_size` is given for a checkpoint other than a Salesforce `.pth`,
+            or `quantize` is no quantization mode.
         CheckpointError: the checkpoint cannot be read or does not fit the model.
     """
     check_hub_options(
-        f"{cls.__name__}.from_pretrained", hub_kwargs, ("config", "dtype", "image_size")
+        f"{cls.__name__}.from_pretrained", hub_kwargs, ("config", "dtype", "image_size", "quantize")
     )
+    check_quantization_mode(quantize)  # before any reading
     path = resolve_checkpoint_path(os.fspath(pretrained_model_name_or_path), **hub_kwargs)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     original = os.path.isfile(path) and is_salesforce_checkpoint(path)
@@ -107,6 +116,8 @@ def load_pretrained(
             path,
             ", ".join(unused) or "none",
         )
+    if quantize is not None:
+        model.quantize(quantize)
     if hasattr(model, "generation_defaults") and not original:
         model.generation_defaults = read_generation_config(directory)
     return model
@@ -123,6 +134,12 @@ def save_pretrained(model, save_directory):
     """
     from safetensors.numpy import save_file
 
+    if getattr(model, "quantization", None) is not None:
+        raise ValueError(
+            "save_pretrained writes float weights as transformers reads them, and this model's "
+            "are int8 (quantized): save the model before quantizing it, or export the "
+            "quantized one (tfblip.export_saved_model, or model.save to a .keras file)."
+        )
     os.makedirs(save_directory, exist_ok=True)
     config = model.config.to_dict()
     # transformers picks the model class from `architectures`: ours minus the "TF".

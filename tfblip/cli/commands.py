@@ -244,7 +244,7 @@ def caption(args):
         return 1
     checkpoint, task, processor = open_checkpoint(args.model, ("caption",), "caption")
     with _open_output(args.output) as output:
-        model = TASKS[task].from_pretrained(checkpoint)
+        model = TASKS[task].from_pretrained(checkpoint, quantize=args.quantize)
         options = generation_options(args)
         # Sampling draws one random stream per batch, so a sampled caption would depend on
         # the images batched with it; captioned alone, each image gets the seed's caption.
@@ -266,7 +266,7 @@ def caption(args):
 def vqa(args):
     checkpoint, task, processor = open_checkpoint(args.model, ("vqa",), "vqa")
     pixels = read_single_image(processor, args.image)
-    model = TASKS[task].from_pretrained(checkpoint)
+    model = TASKS[task].from_pretrained(checkpoint, quantize=args.quantize)
     question = encode_texts(processor, model, [args.question])
     token_ids = model.generate(
         question["input_ids"],
@@ -281,7 +281,7 @@ def vqa(args):
 def match(args):
     checkpoint, task, processor = open_checkpoint(args.model, ("retrieval",), "match")
     pixels = read_single_image(processor, args.image)
-    model = TASKS[task].from_pretrained(checkpoint)
+    model = TASKS[task].from_pretrained(checkpoint, quantize=args.quantize)
     texts = encode_texts(processor, model, args.text)
     image_states = model.vision_model(pixel_values=pixels).last_hidden_state
     image_states = tf.repeat(image_states, len(args.text), axis=0)
@@ -306,7 +306,7 @@ def _save_array(path, features):
 
 def _embed_texts(args):
     checkpoint, task, processor = open_checkpoint(args.model, ("retrieval", "features"), "embed")
-    model = TASKS[task].from_pretrained(checkpoint)
+    model = TASKS[task].from_pretrained(checkpoint, quantize=args.quantize)
     texts = encode_texts(processor, model, args.text)
     # Both model kinds have get_text_features / get_image_features: a retrieval model's are its
     # normalized ITC features, a TFBlipModel's transformers' projected ones.
@@ -323,7 +323,7 @@ def _embed_images(args):
     if not paths:
         return 1
     checkpoint, task, processor = open_checkpoint(args.model, ("retrieval", "features"), "embed")
-    model = TASKS[task].from_pretrained(checkpoint)
+    model = TASKS[task].from_pretrained(checkpoint, quantize=args.quantize)
     features, embedded_paths = [], []
     for batch_paths, pixels in image_batches(processor, paths, args.batch_size, reporter):
         features.append(model.get_image_features(pixel_values=pixels))
@@ -372,7 +372,7 @@ def convert(args):
 def export(args):
     options = generation_options(args)
     checkpoint = locate_checkpoint(args.model)
-    model = TASKS[args.task].from_pretrained(checkpoint)
+    model = TASKS[args.task].from_pretrained(checkpoint, quantize=args.quantize)
     processor = BlipProcessor.from_pretrained(_directory_of(checkpoint))
     path = export_saved_model(
         model,

@@ -7,6 +7,10 @@ import argparse
 
 from tfblip import __version__
 
+# tfblip.modeling.quantization.QUANTIZATION_MODES, spelled out here: this module must not
+# import TensorFlow (`tfblip --help` stays fast).
+QUANTIZE_CHOICES = ("int8",)
+
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
     "vqa": "Salesforce/blip-vqa-base",
@@ -233,6 +237,16 @@ def _add_model_argument(parser, command):
         metavar="DIR_OR_REPO",
         help=f"checkpoint directory or Hugging Face repo id (default {DEFAULT_MODELS[command]})",
     )
+    _add_quantize_argument(parser)
+
+
+def _add_quantize_argument(parser):
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="quantize the weights after loading: int8 holds them in about a quarter of "
+        "float32's memory (weight-only, one scale per output channel)",
+    )
 
 
 def _add_output_arguments(parser, what):
@@ -323,6 +337,7 @@ def _add_export_parser(subparsers, common):
     parser.add_argument(
         "--output", required=True, help="version directory, e.g. saved_models/NAME/1"
     )
+    _add_quantize_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument(
         "--no-warmup", action="store_true", help="skip assets.extra/tf_serving_warmup_requests"

@@ -399,6 +399,7 @@ def export_saved_model(
             "task": task,
             "generation_options": dataclasses.asdict(options) if options else None,
             "max_text_length": max_text_length,
+            "quantization": getattr(model, "quantization", None),
             "signatures": sorted(signatures),
         }
         with open(os.path.join(staging, EXPORT_INFO_FILE), "w") as f:

@@ -15,18 +15,18 @@ from tfblip.modeling.common import BuildsSublayers, dense, masked_softmax
 def write_at(buffer, states, index):
     """`buffer` (B, heads, L, D) with `states` (B, heads, T, D) written at index..index+T-1.
 
-    A one-hot blend instead of a scatter keeps the graph to plain, XLA-friendly ops; the
-    untouched entries are multiplied by exactly 1 and the written ones by exactly 0.
+    Selects between the buffer and the states gathered to their positions: plain ops of
+    static shape (XLA compiles them), for any T; a one-hot product would cost a batched
+    matmul on every decoding step.
     """
-    length = tf.shape(buffer)[2]
+    positions = tf.range(tf.shape(buffer)[2])
     if states.shape[2] == 1:  # one decoding step: a single select
-        at_index = tf.equal(tf.range(length), index)[None, None, :, None]
-        return tf.where(at_index, states, buffer)
-    positions = index + tf.range(tf.shape(states)[2])
-    one_hot = tf.one_hot(positions, length, dtype=buffer.dtype)  # (T, L)
-    written = tf.einsum("tl,bhtd->bhld", one_hot, states)
-    keep = 1.0 - tf.reduce_sum(one_hot, axis=0)
-    return buffer * keep[None, None, :, None] + written
+        return tf.where(tf.equal(positions, index)[None, None, :, None], states, buffer)
+    new = tf.shape(states)[2]
+    written = (positions >= index) & (positions < index + new)
+    # Row p of `placed` is states' row p - index (clipped where nothing is written).
+    placed = tf.gather(states, tf.clip_by_value(positions - index, 0, new - 1), axis=2)
+    return tf.where(written[None, None, :, None], placed, buffer)
 
 
 def with_room(cache, new_length):
@@ -74,7 +74,9 @@ class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
     def split_heads(self, states):
         """(B, T, H*D) -> (B, H, T, D)."""
         batch_size = tf.shape(states)[0]
-        states = tf.reshape(states, (batch_size, -1, self.num_heads, self.head_dim))
+        # A known length stays known: write_at and the one-query path choose by it.
+        length = states.shape[1] if states.shape[1] is not None else -1
+        states = tf.reshape(states, (batch_size, length, self.num_heads, self.head_dim))
         return tf.transpose(states, (0, 2, 1, 3))
 
     def keys_and_values(self, states):
@@ -90,6 +92,26 @@ class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
             return query, None, None
         source = hidden_states if key_value_states is None else key_value_states
         return query, *self.keys_and_values(source)
+
+    def _attend(self, query, key, value, attention_mask, training):
+        """(context (B, heads, T, D), probabilities) of (B, heads, T, D) queries."""
+        scores = tf.matmul(query, key, transpose_b=True) * self._scale(query)
+        probs = masked_softmax(scores, attention_mask)
+        return tf.matmul(self.dropout(probs, training=training), value), probs
+
+    def _attend_one_query(self, query, key, value, attention_mask, training):
+        """`_attend` for a single query per row (T = 1, one decoding step): a broadcast
+        product and sum is much cheaper on CPU than oneDNN's batched matmul for such thin
+        shapes."""
+        query = query[:, :, 0]  # (B, heads, D)
+        scores = tf.reduce_sum(query[:, :, None, :] * key, axis=-1) * self._scale(query)
+        probs = masked_softmax(scores[:, :, None, :], attention_mask)
+        dropped = self.dropout(probs, training=training)
+        context = tf.reduce_sum(dropped[:, :, 0, :, None] * value, axis=2)
+        return context[:, :, None, :], probs
+
+    def _scale(self, query):
+        return tf.cast(self.head_dim**-0.5, query.dtype)
 
     def call(
         self,
@@ -115,20 +137,11 @@ class MultiHeadAttention(BuildsSublayers, keras.layers.Layer):
         elif cache is not None:
             key = write_at(cache[0], key, cache_index)
             value = write_at(cache[1], value, cache_index)
-        scale = tf.cast(self.head_dim**-0.5, query.dtype)
-        single_query = query.shape[2] == 1
-        if single_query:
-            # One new token per step while decoding: a broadcast product and sum is much
-            # cheaper on CPU than oneDNN's batched matmul for such thin shapes.
-            scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :] * scale
+        arguments = (query, key, value, attention_mask, training)
+        if query.shape[2] == 1:
+            context, probs = self._attend_one_query(*arguments)
         else:
-            scores = tf.matmul(query, key, transpose_b=True) * scale
-        probs = masked_softmax(scores, attention_mask)
-        dropped = self.dropout(probs, training=training)
-        if single_query:
-            context = tf.reduce_sum(dropped[:, :, 0, :, None] * value, axis=2)[:, :, None, :]
-        else:
-            context = tf.matmul(dropped, value)
+            context, probs = self._attend(*arguments)
         batch_size = tf.shape(context)[0]
         context = tf.reshape(
             tf.transpose(context, (0, 2, 1, 3)), (batch_size, -1, self.hidden_size)

@@ -20,6 +20,7 @@ from tfblip.modeling.inputs import (
 )
 from tfblip.modeling.multi_worker_fit import MultiWorkerFitMixin
 from tfblip.modeling.pretrained import PretrainedMixin
+from tfblip.modeling.quantization import QuantizeMixin
 from tfblip.modeling.text import (
     IGNORE_INDEX,
     TFBlipTextLMHeadModel,
@@ -147,7 +148,12 @@ TOKEN_SIGNATURE = tf.TensorSpec((None, None), tf.int32)
 
 
 class _BlipTaskModel(
-    FastFirstStepMixin, MultiWorkerFitMixin, PretrainedMixin, ConfigSerializable, keras.Model
+    FastFirstStepMixin,
+    MultiWorkerFitMixin,
+    PretrainedMixin,
+    QuantizeMixin,
+    ConfigSerializable,
+    keras.Model,
 ):
     """What the task models share: a BlipConfig, the vision tower, keyword inputs, fit()'s loss."""
 

@@ -52,9 +52,7 @@ class DecoderStep:
         predictions = lm_head.cls.predictions
         # Once per decoding, outside the token loop: the LM head's kernel and every layer's
         # cross-attention keys/values over the encoder states.
-        kernel, bias = predictions.decoding_projection(
-            lm_head.bert.embeddings.word_embeddings.embeddings
-        )
+        projection = predictions.decoding_projection(lm_head.bert.embeddings.word_embeddings)
         encoder_states = tf.cast(encoder_states, lm_head.compute_dtype)
         encoder_mask = tf.cast(encoder_mask, tf.int32)
         cross_cache = tuple(
@@ -74,7 +72,7 @@ class DecoderStep:
                 is_decoder=True,
             )
             # Only the last position's logits are needed, also after the prompt.
-            logits = predictions.project(outputs.last_hidden_state[:, -1], kernel, bias)
+            logits = predictions.project(outputs.last_hidden_state[:, -1], projection)
             cache = tuple(layer[:2] for layer in outputs.past_key_values)
             return tf.cast(logits, tf.float32), cache
 

@@ -11,7 +11,7 @@ _implementations = {}
 
 
 def register_checkpoint_io(load, save):
-    """Sets `load(cls, path, config, dtype, image_size, **hub_kwargs)` and
+    """Sets `load(cls, path, config, dtype, image_size, quantize, **hub_kwargs)` and
     `save(model, save_directory)`, the functions behind the two methods."""
     _implementations.update(load=load, save=save)
 
@@ -38,7 +38,13 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path, config=None, dtype=None, image_size=None, **hub_kwargs
+        cls,
+        pretrained_model_name_or_path,
+        config=None,
+        dtype=None,
+        image_size=None,
+        quantize=None,
+        **hub_kwargs,
     ):
         """Builds the model from a checkpoint directory, weights file or hub repo id.
 
@@ -52,6 +58,8 @@ class PretrainedMixin:
             dtype: a Keras dtype policy name (e.g. "float32", "mixed_bfloat16").
             image_size: for original Salesforce `.pth` files only: resizes their position
                 embeddings (e.g. 224 -> 384).
+            quantize: "int8" quantizes the weights after loading (`model.quantize("int8")`):
+                weight-only int8, about a quarter of float32's memory.
             **hub_kwargs: options of huggingface_hub's `snapshot_download` (`revision`,
                 `cache_dir`, `token`, ...), used for a repo id and ignored for a local path.
 
@@ -60,9 +68,10 @@ class PretrainedMixin:
 
         Raises:
             TypeError: for any other keyword argument.
+            ValueError: an unknown `quantize` mode.
         """
         return _implementation("load")(
-            cls, pretrained_model_name_or_path, config, dtype, image_size, **hub_kwargs
+            cls, pretrained_model_name_or_path, config, dtype, image_size, quantize, **hub_kwargs
         )
 
     def save_pretrained(self, save_directory):

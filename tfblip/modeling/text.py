@@ -28,6 +28,7 @@ from tfblip.modeling.common import (
 )
 from tfblip.modeling.inputs import checked_text_inputs
 from tfblip.modeling.pretrained import PretrainedMixin
+from tfblip.modeling.quantization import QuantizeMixin, embedding_table, int8_rows, is_int8
 from tfblip.outputs import (
     BaseModelOutputWithPoolingAndCrossAttentions,
     CausalLMOutputWithCrossAttentions,
@@ -75,6 +76,8 @@ class BlipTextEmbeddings(TextLayer):
         ids = tf.convert_to_tensor(ids)
         if ids.dtype not in (tf.int32, tf.int64):
             ids = tf.cast(ids, tf.int32)
+        if is_int8(embedding):  # int8 tables are not trained: no gradient to shape
+            return int8_rows(embedding, ids)
         table = self._dense_gradient(tf.convert_to_tensor(embedding.embeddings))
         return tf.cast(tf.gather(table, ids), embedding.compute_dtype)
 
@@ -281,7 +284,9 @@ def self_attention_mask(
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipTextModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
+class TFBlipTextModel(
+    PretrainedMixin, QuantizeMixin, BuildsSublayers, ConfigSerializable, keras.Model
+):
     """BERT-style text model; causal with `is_decoder=True`, else bidirectional.
 
     Cross-attends to `encoder_hidden_states` when given. With `use_cache` (decoder only) it
@@ -463,30 +468,41 @@ class BlipTextLMPredictionHead(TextLayer):
         )
 
     def call(self, hidden_states, word_embeddings):
-        """`word_embeddings` (vocab, hidden) is the tied projection, unused when untied."""
+        """`word_embeddings` is the word Embedding layer, the tied projection (unused when
+        untied)."""
         hidden_states = self.transform(hidden_states)
         if self.decoder is not None:
             return self.decoder(hidden_states)
-        embeddings = tf.cast(word_embeddings, hidden_states.dtype)
-        logits = tf.matmul(hidden_states, embeddings, transpose_b=True)
-        return logits + tf.cast(self.bias, logits.dtype)
+        table, scales = embedding_table(word_embeddings)
+        logits = tf.matmul(hidden_states, tf.cast(table, hidden_states.dtype), transpose_b=True)
+        return self._scaled(logits, scales) + tf.cast(self.bias, logits.dtype)
+
+    @staticmethod
+    def _scaled(logits, scales):
+        return logits if scales is None else logits / tf.cast(scales, logits.dtype)
 
     def decoding_projection(self, word_embeddings):
-        """(kernel (hidden, vocab), bias) for `project`, built once per generate() call.
+        """What `project` multiplies by, built once per generate() call: (kernel (hidden,
+        vocab), its int8 scales or None) of the tied word Embedding layer `word_embeddings`,
+        or None when the head is untied (its Dense layer).
 
         TensorFlow's CPU matmul of one row against the (vocab, hidden) embeddings with
         transpose_b is ~4x slower than against a transposed copy, and decoding does it on
         every step.
         """
         if self.decoder is not None:
-            return self.decoder.kernel, self.decoder.bias
-        return tf.transpose(word_embeddings), self.bias
+            return None
+        table, scales = embedding_table(word_embeddings)
+        return tf.transpose(table), scales
 
-    def project(self, hidden_states, kernel, bias):
-        """Logits of (B, hidden) states through `decoding_projection`'s kernel and bias."""
+    def project(self, hidden_states, projection):
+        """Logits of (B, hidden) states through `decoding_projection`'s `projection`."""
         hidden_states = self.transform(hidden_states)
+        if projection is None:
+            return self.decoder(hidden_states)
+        kernel, scales = projection
         logits = tf.matmul(hidden_states, tf.cast(kernel, hidden_states.dtype))
-        return logits + tf.cast(bias, logits.dtype)
+        return self._scaled(logits, scales) + tf.cast(self.bias, logits.dtype)
 
 
 class BlipTextOnlyMLMHead(TextLayer):
@@ -524,7 +540,9 @@ def causal_lm_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipTextLMHeadModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
+class TFBlipTextLMHeadModel(
+    PretrainedMixin, QuantizeMixin, BuildsSublayers, ConfigSerializable, keras.Model
+):
     """The BLIP text decoder: `bert` (no pooler) + `cls` language-modeling head.
 
     Args:
@@ -580,8 +598,8 @@ class TFBlipTextLMHeadModel(PretrainedMixin, BuildsSublayers, ConfigSerializable
         # Every argument but the loss's goes to `bert` as it is.
         arguments = {k: v for k, v in locals().items() if k not in ("self", "labels", "reduction")}
         outputs = self.bert(**arguments)
-        word_embeddings = self.bert.embeddings.word_embeddings.embeddings
-        logits = self.cls.predictions(outputs.last_hidden_state, word_embeddings)
+        word_embeddings = self.bert.embeddings.word_embeddings
+        logits = self.cls.predictions(outputs.last_hidden_state, word_embeddings=word_embeddings)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, self.config.label_smoothing, reduction=reduction)

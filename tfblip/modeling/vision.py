@@ -21,6 +21,7 @@ from tfblip.modeling.common import (
 )
 from tfblip.modeling.inputs import check_image_size, check_pixel_values
 from tfblip.modeling.pretrained import PretrainedMixin
+from tfblip.modeling.quantization import QuantizeMixin
 from tfblip.outputs import BaseModelOutputWithPooling
 
 
@@ -157,7 +158,9 @@ class BlipEncoder(TowerLayer):
 
 
 @keras.saving.register_keras_serializable(package="tfblip")
-class TFBlipVisionModel(PretrainedMixin, BuildsSublayers, ConfigSerializable, keras.Model):
+class TFBlipVisionModel(
+    PretrainedMixin, QuantizeMixin, BuildsSublayers, ConfigSerializable, keras.Model
+):
     """The BLIP ViT: image patches to (B, 1+N, D) states, the class token first.
 
     `from_pretrained` also takes the vision tower of a full BLIP checkpoint (captioning, VQA,
