@@ -8,11 +8,13 @@ pointless), and runs tests_beam there with pytest. It prints the Pillow there: t
 decodes and resizes in the graph, so its captions must not depend on it.
 """
 
+import importlib
 import os
 import subprocess
 import sys
 
 import google.protobuf
+import pytest
 import tensorflow as tf
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,3 +65,10 @@ def test_beam_pipelines_in_their_own_environment(tmp_path):
     )
     summary = output.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary and "failed" not in summary, summary
+
+
+def test_without_beam_the_package_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "apache_beam", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "tfblip.beam", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'tfblip\[beam\]'"):
+        importlib.import_module("tfblip.beam")
