@@ -22,6 +22,7 @@ _MODULE_OF = {
     "TFBlipTextLMHeadModel": "tfblip.modeling.text",
     "TFBlipTextModel": "tfblip.modeling.text",
     "TFBlipVisionModel": "tfblip.modeling.vision",
+    "export_litert": "tfblip.export.litert",
     "export_saved_model": "tfblip.export.saved_model",
 }
 

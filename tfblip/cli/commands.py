@@ -372,6 +372,8 @@ def convert(args):
 def export(args):
     options = generation_options(args)
     checkpoint = locate_checkpoint(args.model)
+    if args.format == "litert":
+        return _export_litert(args, checkpoint, options)
     model = TASKS[args.task].from_pretrained(checkpoint, quantize=args.quantize)
     processor = BlipProcessor.from_pretrained(_directory_of(checkpoint))
     path = export_saved_model(
@@ -385,6 +387,27 @@ def export(args):
         **options,
     )
     print(f"Exported {args.task} SavedModel to {path}")
+    return 0
+
+
+def _export_litert(args, checkpoint, options):
+    from tfblip.export.litert import export_litert
+
+    model = TASKS[args.task].from_pretrained(checkpoint)
+    processor = BlipProcessor.from_pretrained(_directory_of(checkpoint))
+    try:
+        path = export_litert(
+            model,
+            processor,
+            args.output,
+            task=args.task,
+            quantize=args.quantize,
+            max_new_tokens=options.get("max_new_tokens", 20),
+            overwrite=args.overwrite,
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    print(f"Exported {args.task} LiteRT model to {path} (with its .vocab.txt and .json)")
     return 0
 
 

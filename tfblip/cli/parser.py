@@ -10,6 +10,8 @@ from tfblip import __version__
 # tfblip.modeling.quantization.QUANTIZATION_MODES, spelled out here: this module must not
 # import TensorFlow (`tfblip --help` stays fast).
 QUANTIZE_CHOICES = ("int8",)
+# tfblip.export.litert.LITERT_QUANTIZATIONS without None, for `export --format litert`.
+LITERT_QUANTIZE_CHOICES = ("float16", "dynamic_int8")
 
 DEFAULT_MODELS = {
     "caption": "Salesforce/blip-image-captioning-base",
@@ -335,9 +337,21 @@ def _add_export_parser(subparsers, common):
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub repo id)")
     parser.add_argument("--task", required=True, choices=TASK_CHOICES)
     parser.add_argument(
-        "--output", required=True, help="version directory, e.g. saved_models/NAME/1"
+        "--format",
+        choices=("saved_model", "litert"),
+        default="saved_model",
+        help="saved_model (TF Serving, default) or litert (a .tflite for phones; caption, vqa)",
     )
-    _add_quantize_argument(parser)
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="saved_model: version directory, e.g. saved_models/NAME/1; litert: FILE.tflite",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES + LITERT_QUANTIZE_CHOICES,
+        help="saved_model: int8 weights; litert: float16 or dynamic_int8",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument(
         "--no-warmup", action="store_true", help="skip assets.extra/tf_serving_warmup_requests"
@@ -346,7 +360,35 @@ def _add_export_parser(subparsers, common):
         "--max-text-length", type=int, help="truncate tokenized inputs to this many tokens"
     )
     _add_generation_arguments(parser)
-    parser.set_defaults(usage_problem=lambda args: _generation_usage_problem(args, False))
+    parser.set_defaults(usage_problem=_export_usage_problem)
+
+
+def _export_usage_problem(args):
+    problem = _generation_usage_problem(args, False)
+    if problem:
+        return problem
+    litert = args.format == "litert"
+    allowed = LITERT_QUANTIZE_CHOICES if litert else QUANTIZE_CHOICES
+    if args.quantize is not None and args.quantize not in allowed:
+        return f"--quantize {args.quantize}: --format {args.format} takes {', '.join(allowed)}"
+    if litert:
+        if args.task not in ("caption", "vqa"):
+            return f"--format litert exports caption and vqa models, not {args.task}"
+        given = ["--no-warmup"] if args.no_warmup else []
+        given += ["--sample"] if args.sample else []
+        given += ["--early-stopping"] if args.early_stopping is not None else []
+        others = ["--max-text-length", *GENERATION_FLAGS]
+        given += [
+            flag
+            for flag in others
+            if flag != "--max-new-tokens" and _value_of(args, flag) is not None
+        ]
+        if flag_problem := [f for f in given if f != "--num-beams" or args.num_beams != 1]:
+            return (
+                f"{', '.join(flag_problem)}: --format litert decodes greedily and takes "
+                "--max-new-tokens only"
+            )
+    return None
 
 
 def build_parser():

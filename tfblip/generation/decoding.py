@@ -96,7 +96,13 @@ def decode(
     processors = logits_processors(options, eos)
     state, advance, finish = search(prompt, processors, options, (eos, fill), seed)
     cache = step.empty_cache(tf.shape(ids)[0], width + max_new)
-    scores = tf.TensorArray(tf.float32, max_new, element_shape=(None, None))
+    # Without output_scores no TensorArray at all: LiteRT's builtin ops have none of dynamic
+    # element shape, and an empty tuple costs nothing in the loop.
+    scores = (
+        tf.TensorArray(tf.float32, max_new, element_shape=(None, None))
+        if options.output_scores
+        else ()
+    )
 
     def body(index, tokens, state, cache, scores):
         # The first pass runs the whole prompt, each later one the token chosen last: the

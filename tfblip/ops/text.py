@@ -59,7 +59,7 @@ _MARK = b"\xff"
 # token after the joining space is added, in this order: transformers' clean-up with one more
 # rule, " do not" -> " don't", after " 'm".
 _AFTER_I_AM = CLEAN_UP_REPLACEMENTS.index((" 'm", "'m")) + 1
-_WORDPIECE_CLEANUP = (
+WORDPIECE_CLEANUP = (
     *CLEAN_UP_REPLACEMENTS[:_AFTER_I_AM],
     (" do not", " don't"),
     *CLEAN_UP_REPLACEMENTS[_AFTER_I_AM:],
@@ -295,7 +295,7 @@ class GraphTokenizer(tf.Module):
         )
         decoder = spec["decoder"]
         self._decoder_prefix = decoder["prefix"]
-        self._token_cleanup = _WORDPIECE_CLEANUP if decoder.get("cleanup", True) else ()
+        self._token_cleanup = WORDPIECE_CLEANUP if decoder.get("cleanup", True) else ()
         self._text_cleanup = CLEAN_UP_REPLACEMENTS if processor.clean_up_tokenization_spaces else ()
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
