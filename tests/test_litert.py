@@ -1,6 +1,7 @@
 """LiteRT export: the .tflite run by the stock LiteRT interpreter (ai-edge-litert), against
 generate() on the same pixels, and the detokenizer against the processor's decode."""
 
+import functools
 import json
 import pathlib
 import subprocess
@@ -93,17 +94,26 @@ def test_caption_tokens_equal_generate(setup, tmp_path, quantize):
     assert len({tuple(t[0]) for t in tokens}) > 1
 
 
-def test_vqa_tokens_equal_generate(setup, tmp_path):
+@pytest.mark.parametrize("quantize", [None, "float16"])
+def test_vqa_tokens_equal_generate(setup, tmp_path, quantize):
     _, processor, models = setup
     model = models["vqa"]
-    path = export_litert(model, processor, tmp_path / "vqa.tflite", max_new_tokens=MAX_NEW_TOKENS)
+    export = functools.partial(export_litert, model, processor, max_new_tokens=MAX_NEW_TOKENS)
+    path = export(tmp_path / "vqa.tflite", quantize=quantize)
+    full = path if quantize is None else export(tmp_path / "vqa_full.tflite")
+    answers = []
     for name, question in zip(PHOTOS, ["what is it?", "how many cats are there?", "is it red"]):
         image = resized(name)
         inputs = processor(images=[Image.fromarray(image[0])], text=[question], return_tensors="tf")
+        input_ids = inputs["input_ids"].numpy().astype(np.int32)
         expected = model.generate(inputs["input_ids"], inputs["pixel_values"],
                                   max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
-        got = run(path, image=image, input_ids=inputs["input_ids"].numpy().astype(np.int32))
-        np.testing.assert_array_equal(got, expected.numpy())
+        np.testing.assert_array_equal(run(full, image=image, input_ids=input_ids), expected.numpy())
+        answers.append(
+            np.array_equal(run(path, image=image, input_ids=input_ids), expected.numpy())
+        )
+    # float16 weights: most answers as float32's (random tiny weights leave some near-ties).
+    assert np.mean(answers) >= 2 / 3
 
 
 def test_detokenize_equals_the_processor(setup, tmp_path):
