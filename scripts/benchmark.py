@@ -259,17 +259,19 @@ def benchmark_vqa(rng, repeats):
 
 
 def make_decisive(reference):
-    """Spreads a random base model's logits so its greedy choices are clear, as a trained
-    model's are: random weights give next-token margins of a few hundredths among 30k
-    tokens, and a precision comparison would then count near-ties, not rounding. The LM
-    head's LayerNorm is scaled by 20 (logits spread over about +-30) and cross-attention
-    weights by 3 (captions depend on the image)."""
+    """Makes a random base model caption like a trained one: clear choices that depend on the
+    image. Random weights give next-token margins of a few hundredths among 30k tokens, so a
+    precision comparison would count near-ties, not rounding: the LM head's LayerNorm is
+    scaled by 20 (logits spread over about +-30). And transformers initializes BLIP's vision
+    weights with std 1e-10, so every image would get one caption: the vision tower's
+    matrices and embeddings are drawn again with std 0.02, as a ViT's."""
     import torch
 
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, parameter in reference.named_parameters():
-            if "crossattention" in name and name.endswith(".weight"):
-                parameter.mul_(3)
+        for name, parameter in reference.vision_model.named_parameters():
+            if parameter.dim() > 1 or "embedding" in name:
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
         norm = reference.text_decoder.cls.predictions.transform.LayerNorm
         norm.weight.mul_(20)
         norm.bias.mul_(20)
@@ -309,6 +311,8 @@ def benchmark_precisions(rng, repeats):
             reference.generate(pixel_values=torch.from_numpy(single), **fixed)
 
     theirs = best_time(run_torch, repeats)
+    distinct = len({tuple(row) for row in full_tokens.numpy().tolist()})
+    print(f"decisive model: {distinct} distinct fp32 captions of the 8 images", flush=True)
     for name, model in variants.items():
         tokens = model.generate(pixels, **fixed)
         logits = model(pixel_values=pixels, input_ids=full_tokens).logits.numpy()
